@@ -1,0 +1,191 @@
+"""The public :class:`Ensemble`: experts + weights + mode, which generates, scores and saves.
+
+Which units are mixed is decided here, once: tokens when every expert has the same tokenizer by
+content (:func:`choose_unit`), bytes + STOP otherwise. Everything else is delegated to
+decode.py (generation), score.py (log-likelihoods) and recipe.py (saving/loading).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .decode import Generation, generate_rows
+from .mixing import as_weight_matrix, check_mode
+from .score import build_table
+
+
+def load_expert(path_or_url, device="cpu", dtype=None, **kwargs):
+    """Load an expert: a local Hugging Face causal-LM directory.
+
+    Args:
+        path_or_url: a model directory (config.json, model.safetensors, tokenizer.json).
+        device: "cpu", "cuda", "cuda:N".
+        dtype: torch dtype (or its name); default float32 on CPU, the checkpoint's dtype on GPU.
+        **kwargs: ``name``, ``allow_pickle`` (accept .bin weights), ``trust_remote_code``,
+            ``max_batch`` (rows per forward pass).
+
+    Raises:
+        FileNotFoundError: the directory or its files are missing.
+        ValueError: unsafe or unsupported files, or an unusable device.
+    """
+    s = str(path_or_url)
+    if s.startswith(("http://", "https://")):
+        raise ValueError(
+            "remote (OpenAI-compatible) experts are not implemented yet; pass a local model directory"
+        )
+    from .experts.hf import load_hf_expert
+
+    return load_hf_expert(path_or_url, device=device, dtype=dtype, **kwargs)
+
+
+def choose_unit(experts) -> str:
+    """"token" if all experts share one tokenizer (by content), else "byte"."""
+    fps = {e.fingerprint for e in experts}
+    if len(fps) == 1:
+        sizes = {e.vocab_size for e in experts}
+        if len(sizes) == 1:
+            return "token"
+    return "byte"
+
+
+def _check_experts(experts) -> list:
+    experts = list(experts)
+    if not experts:
+        raise ValueError("an ensemble needs at least one expert")
+    devices = {str(e.device) for e in experts}
+    if len(devices) > 1:
+        raise ValueError(
+            f"experts are on different devices ({', '.join(sorted(devices))}); load them all with the "
+            "same device= so their distributions can be mixed without copies"
+        )
+    names = [e.name for e in experts]
+    if len(set(names)) != len(names):
+        # Names identify experts in recipes and tables; make duplicates distinct.
+        seen: dict[str, int] = {}
+        for e in experts:
+            k = seen.get(e.name, 0)
+            seen[e.name] = k + 1
+            if k:
+                e.name = f"{e.name}#{k}"
+    return experts
+
+
+class Ensemble:
+    """A mixture of experts' next-unit distributions (DESIGN.md §3).
+
+    Args:
+        experts: loaded experts (see :func:`load_expert`).
+        weights: one weight per expert; default uniform.
+        mode: "probs" (linear mixture of probabilities) or "logits" (log-linear / product of
+            experts; negative weights act as anti-experts).
+        unit: force "token" or "byte"; default decided by :func:`choose_unit`.
+        byte_beam, byte_prune: pruning of the byte-level tokenization marginal (align/bytes.py):
+            paths kept per byte position and relative probability threshold. None / 0 = exact.
+        decoding: default decoding settings stored in recipes (max_new_tokens, temperature, ...).
+    """
+
+    def __init__(self, experts, weights=None, mode: str = "probs", unit: str | None = None,
+                 byte_beam: int | None = 8, byte_prune: float = 1e-4, decoding: dict | None = None,
+                 provenance: dict | None = None):
+        self.experts = _check_experts(experts)
+        self.mode = check_mode(mode)
+        n = len(self.experts)
+        if weights is None:
+            weights = np.full(n, 1.0 / n)
+        self.weights = as_weight_matrix(weights, n, None, mode)[0]
+        if unit is None:
+            unit = choose_unit(self.experts)
+        elif unit == "token" and choose_unit(self.experts) != "token":
+            raise ValueError("unit='token' needs experts that share one tokenizer; use unit='byte'")
+        elif unit not in ("token", "byte"):
+            raise ValueError(f"unknown unit {unit!r}; use 'token' or 'byte'")
+        self.unit = unit
+        self.byte_beam = byte_beam
+        self.byte_prune = byte_prune
+        self.decoding = dict(decoding or {})
+        self.provenance = dict(provenance or {})
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{e.name}={w:.3g}" for e, w in zip(self.experts, self.weights))
+        return f"Ensemble({parts}, mode={self.mode!r}, unit={self.unit!r})"
+
+    def _row_weights(self, weights, n_rows: int) -> np.ndarray:
+        w = self.weights if weights is None else weights
+        return as_weight_matrix(w, len(self.experts), n_rows, self.mode)
+
+    def generate(self, prompts, max_new_tokens: int = 32, temperature: float = 0.0, seed: int | None = None,
+                 stop=None, weights=None, top_p: float = 1.0, truncation: str | None = None,
+                 return_details: bool = False, progress=None):
+        """Generate a continuation for each prompt.
+
+        Args:
+            prompts: list of strings, or of chat-message lists (each expert renders them with
+                its own chat template; the continuation is one shared text).
+            max_new_tokens: the most units to generate per row (tokens at token level, bytes at
+                byte level).
+            temperature: 0 = greedy; otherwise sampling at this temperature.
+            seed: seed of the per-row random streams (row r uses stream (seed, r)).
+            stop: a string or list of strings; generation stops before the first occurrence.
+            weights: per-row weights [len(prompts), N] (a whole swarm in one call) or one vector.
+            top_p: nucleus sampling threshold (1 = off).
+            truncation: None (error when a prompt does not fit) or "left" (keep its end).
+            return_details: return :class:`Generation` objects (units, log-probs, finish reason).
+        """
+        if isinstance(prompts, str):
+            raise ValueError("prompts must be a list of strings; wrap a single prompt in a list")
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("no prompts given; pass a non-empty list")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+        if not (temperature >= 0 and np.isfinite(temperature)):
+            raise ValueError(f"temperature must be ≥ 0 (0 = greedy), got {temperature!r}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        if isinstance(stop, str):
+            stop = [stop]
+        W = self._row_weights(weights, len(prompts))
+        outs: list[Generation] = generate_rows(
+            self.experts, self.unit, prompts, W, self.mode, max_new_tokens, temperature, top_p,
+            seed, stop, truncation, self.byte_beam, self.byte_prune, progress,
+        )
+        return outs if return_details else [o.text for o in outs]
+
+    def table(self, contexts, continuations, keep_full: bool | None = None):
+        """Per-expert :class:`~logit_swarm.score.ScoreTable` of the pairs (runs the experts once)."""
+        if keep_full is None:
+            keep_full = self.mode == "logits"
+        return build_table(self.experts, contexts, continuations, self.unit, keep_full,
+                           self.byte_beam, self.byte_prune)
+
+    def logprob(self, contexts, continuations, weights=None) -> list[float]:
+        """log P(continuation | context) in nats for each pair (DESIGN.md §3 "score").
+
+        ``weights``: one vector, or one row per pair ([pairs, N]); default the ensemble's.
+        """
+        if isinstance(contexts, str) or isinstance(continuations, str):
+            raise ValueError("contexts and continuations must be lists of strings")
+        contexts, continuations = list(contexts), list(continuations)
+        if len(contexts) != len(continuations):
+            raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations; pair them up")
+        if not contexts:
+            raise ValueError("no (context, continuation) pairs given")
+        W = self._row_weights(weights, len(contexts))
+        t = self.table(contexts, continuations)
+        return t.logprob_rows(W, self.mode).tolist()
+
+    # ------------------------------------------------------------------ recipes
+    def save(self, path) -> Path:
+        """Write this ensemble as a JSON recipe (atomic). Returns the path."""
+        from .recipe import save_recipe
+
+        return save_recipe(self, path)
+
+    @classmethod
+    def load(cls, path, device="cpu", dtype=None) -> "Ensemble":
+        """Load a recipe written by :meth:`save` (or by a search) into a working ensemble."""
+        from .recipe import load_recipe
+
+        return load_recipe(path, device=device, dtype=dtype)

@@ -1,0 +1,141 @@
+"""KV storage for a forest of token sequences ("nodes") of one expert.
+
+Every place where the engine needs an expert's next-token distribution is a *node*: a token
+sequence whose keys and values are cached. A node is created from a parent node plus one token
+(or, at prefill, from a whole prompt), so prompts shared by many rows, rows that share a
+generated prefix, and the alternative tokenizations of the byte-level path all reuse the cache of
+what they have in common.
+
+Storage is by *group*: the nodes created by one batched forward pass live together in one set of
+per-layer tensors ``[G, heads, L, head_dim]``, left-padded (padding is masked and does not move
+position ids). A forward for new nodes gathers their parents' rows; when the parents are exactly
+one whole group in order (the common decode step) the tensors are used as they are, with no
+copy. A group is freed when its last node is released.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class _Group:
+    keys: list[torch.Tensor]  # per layer [G, H, L, D]
+    values: list[torch.Tensor]
+    mask: torch.Tensor  # [G, L] long, 1 = real token
+    next_pos: torch.Tensor  # [G] long: position id of the next token (= real tokens so far)
+    alive: int
+
+
+class NodeStore:
+    """Owns the cached nodes of one expert. Node ids are small ints, never reused."""
+
+    def __init__(self) -> None:
+        self._groups: dict[int, _Group] = {}
+        self._where: dict[int, tuple[int, int]] = {}  # node -> (group id, row)
+        self._refs: dict[int, int] = {}
+        self._next_node = 0
+        self._next_group = 0
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def length(self, node: int) -> int:
+        """Number of real tokens in ``node``'s sequence."""
+        g, r = self._where[node]
+        return int(self._groups[g].next_pos[r])
+
+    def add_group(self, keys, values, mask, next_pos) -> list[int]:
+        """Store a freshly computed group of rows; returns their node ids (refcount 1 each)."""
+        gid = self._next_group
+        self._next_group += 1
+        n = int(mask.shape[0])
+        self._groups[gid] = _Group(list(keys), list(values), mask, next_pos, n)
+        ids = list(range(self._next_node, self._next_node + n))
+        self._next_node += n
+        for r, nid in enumerate(ids):
+            self._where[nid] = (gid, r)
+            self._refs[nid] = 1
+        return ids
+
+    def retain(self, node: int) -> None:
+        """Add a reference to ``node`` (another row or path now depends on it)."""
+        self._refs[node] += 1
+
+    def release(self, node: int) -> None:
+        """Drop a reference; the node's storage is freed with its group's last node."""
+        self._refs[node] -= 1
+        if self._refs[node] > 0:
+            return
+        del self._refs[node]
+        gid, _ = self._where.pop(node)
+        grp = self._groups[gid]
+        grp.alive -= 1
+        if grp.alive == 0:
+            del self._groups[gid]
+
+    def gather(self, parents: list[int]):
+        """Keys, values, mask and next positions for ``parents``, left-padded to one length.
+
+        Returns (keys, values, mask, next_pos) with batch dimension len(parents).
+        """
+        locs = [self._where[p] for p in parents]
+        gids = [g for g, _ in locs]
+        first = gids[0]
+        if all(g == first for g in gids):
+            grp = self._groups[first]
+            rows = [r for _, r in locs]
+            if rows == list(range(grp.mask.shape[0])):
+                # The whole group in order: the usual decode step. No copy.
+                return grp.keys, grp.values, grp.mask, grp.next_pos
+            idx = torch.tensor(rows, device=grp.mask.device)
+            return (
+                [k.index_select(0, idx) for k in grp.keys],
+                [v.index_select(0, idx) for v in grp.values],
+                grp.mask.index_select(0, idx),
+                grp.next_pos.index_select(0, idx),
+            )
+        # Parents from several groups (different lengths): left-pad each part, then concat.
+        order: dict[int, list[tuple[int, int]]] = {}
+        for pos, (g, r) in enumerate(locs):
+            order.setdefault(g, []).append((pos, r))
+        length = max(self._groups[g].mask.shape[1] for g in order)
+        parts_k, parts_v, parts_m, parts_p, positions = None, None, [], [], []
+        for g, items in order.items():
+            grp = self._groups[g]
+            idx = torch.tensor([r for _, r in items], device=grp.mask.device)
+            pad = length - grp.mask.shape[1]
+            ks = [_left_pad(k.index_select(0, idx), pad) for k in grp.keys]
+            vs = [_left_pad(v.index_select(0, idx), pad) for v in grp.values]
+            m = grp.mask.index_select(0, idx)
+            if pad:
+                m = torch.cat([m.new_zeros(m.shape[0], pad), m], dim=1)
+            if parts_k is None:
+                parts_k, parts_v = [[k] for k in ks], [[v] for v in vs]
+            else:
+                for lst, t in zip(parts_k, ks):
+                    lst.append(t)
+                for lst, t in zip(parts_v, vs):
+                    lst.append(t)
+            parts_m.append(m)
+            parts_p.append(grp.next_pos.index_select(0, idx))
+            positions.extend(p for p, _ in items)
+        # Restore the caller's order.
+        inv = torch.empty(len(positions), dtype=torch.long)
+        inv[torch.tensor(positions)] = torch.arange(len(positions))
+        inv = inv.to(parts_m[0].device)
+        keys = [torch.cat(lst, 0).index_select(0, inv) for lst in parts_k]
+        values = [torch.cat(lst, 0).index_select(0, inv) for lst in parts_v]
+        mask = torch.cat(parts_m, 0).index_select(0, inv)
+        next_pos = torch.cat(parts_p, 0).index_select(0, inv)
+        return keys, values, mask, next_pos
+
+
+def _left_pad(t: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad the sequence axis (dim 2 of [B, H, L, D]) on the left with zeros."""
+    if pad == 0:
+        return t
+    z = t.new_zeros(t.shape[0], t.shape[1], pad, t.shape[3])
+    return torch.cat([z, t], dim=2)

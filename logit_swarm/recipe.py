@@ -1,0 +1,122 @@
+"""Recipes: the saved product of a search, as plain JSON (never pickle).
+
+A recipe holds expert references (name, path, kind), weights, mode, unit, byte-level pruning,
+decoding defaults and the provenance of the search (task, seed, history summary). Expert paths
+are stored absolute and also relative to the recipe file, so a recipe moved together with its
+experts still loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+RECIPE_VERSION = 1
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+def recipe_dict(ens, base_dir: Path | None = None) -> dict:
+    """The JSON-able description of an ensemble."""
+    experts = []
+    for e in ens.experts:
+        d = dict(e.describe())
+        if d.get("path") and base_dir is not None:
+            try:
+                d["relpath"] = os.path.relpath(d["path"], base_dir)
+            except ValueError:  # different drive (Windows)
+                pass
+        experts.append(d)
+    return {
+        "logit_swarm_recipe": RECIPE_VERSION,
+        "experts": experts,
+        "weights": [float(w) for w in ens.weights],
+        "mode": ens.mode,
+        "unit": ens.unit,
+        "byte_beam": ens.byte_beam,
+        "byte_prune": ens.byte_prune,
+        "decoding": ens.decoding,
+        "provenance": ens.provenance,
+    }
+
+
+def save_recipe(ens, path) -> Path:
+    """Write ``ens`` as a recipe JSON at ``path`` (atomically)."""
+    p = Path(path)
+    data = recipe_dict(ens, p.resolve().parent)
+    return atomic_write_text(p, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_recipe(path) -> dict:
+    """Parse and validate a recipe file; returns the dict."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"recipe {str(p)!r} does not exist; write one with Ensemble.save or `logit-swarm search`")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"recipe {str(p)!r} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or "experts" not in data or "weights" not in data:
+        raise ValueError(f"{str(p)!r} is not a logit_swarm recipe (needs 'experts' and 'weights')")
+    if len(data["experts"]) != len(data["weights"]):
+        raise ValueError(f"recipe {str(p)!r} has {len(data['experts'])} experts but {len(data['weights'])} weights")
+    return data
+
+
+def _expert_path(ref: dict, base: Path) -> str:
+    cands = []
+    if ref.get("path"):
+        cands.append(Path(ref["path"]))
+    if ref.get("relpath"):
+        cands.append(base / ref["relpath"])
+    for c in cands:
+        if c.exists():
+            return str(c)
+    raise FileNotFoundError(
+        f"expert {ref.get('name')!r} of the recipe was not found at "
+        + " or ".join(repr(str(c)) for c in cands)
+        + "; rebuild it (e.g. `logit-swarm zoo build`) or edit the recipe's path"
+    )
+
+
+def load_recipe(path, device="cpu", dtype=None):
+    """Load a recipe into an :class:`~logit_swarm.ensemble.Ensemble`."""
+    from .ensemble import Ensemble, load_expert
+
+    p = Path(path)
+    data = read_recipe(p)
+    base = p.resolve().parent
+    experts = []
+    for ref in data["experts"]:
+        kind = ref.get("kind", "hf")
+        if kind != "hf":
+            raise ValueError(f"recipe expert kind {kind!r} is not supported by this version")
+        experts.append(load_expert(_expert_path(ref, base), device=device, dtype=dtype, name=ref.get("name")))
+    return Ensemble(
+        experts,
+        weights=data["weights"],
+        mode=data.get("mode", "probs"),
+        unit=data.get("unit"),
+        byte_beam=data.get("byte_beam", 8),
+        byte_prune=data.get("byte_prune", 1e-4),
+        decoding=data.get("decoding"),
+        provenance=data.get("provenance"),
+    )
