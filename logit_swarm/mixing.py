@@ -124,6 +124,6 @@ def sample_units(logp: torch.Tensor, temperature: float, top_p: float, uniforms:
     probs = probs / probs.sum(-1, keepdim=True)
     cdf = probs.cumsum(-1)
     u = torch.as_tensor(uniforms, dtype=cdf.dtype, device=cdf.device)[:, None] * cdf[:, -1:]
-    choice = torch.searchsorted(cdf, u).squeeze(1)
+    choice = torch.searchsorted(cdf, u, right=True).squeeze(1)  # first unit with cdf > u
     # Never pick a zero-probability unit at the top end because of rounding.
     return choice.clamp(max=probs.shape[1] - 1)
