@@ -1,0 +1,55 @@
+"""Searching mixing weights: Model Swarms PSO (ask/tell), baselines, and the search driver.
+
+The search never touches a model. It sees weight vectors (rows of W, one entry per expert) and a
+utility ``evaluate(W (k, N)) -> (k,)``, higher is better, NaN for a failed particle.
+
+- :mod:`.pso`: :class:`SwarmConfig`, :class:`SwarmState`, the pure state transitions and the
+  :class:`PSO` ask/tell wrapper.
+- :mod:`.baselines`: best single expert, uniform, greedy ensemble, EM on cached likelihoods,
+  differential evolution, Nelder-Mead/Powell, Dirichlet random search.
+- :mod:`.driver`: :func:`run_search` (progress, history, atomic checkpoints, exact resume) and
+  :func:`run_grid` (several seeded settings, best on dev).
+"""
+
+from .baselines import (
+    BASELINES,
+    BaselineResult,
+    best_single,
+    differential_evolution_search,
+    em_baseline,
+    em_weights,
+    greedy_ensemble,
+    local_search,
+    mixture_loglik,
+    random_search,
+    run_baseline,
+    uniform_mixture,
+)
+from .driver import GridResult, GridRun, SearchResult, expand_grid, run_grid, run_search, sample_configs
+from .pso import PSO, Best, SwarmConfig, SwarmState
+
+__all__ = [
+    "PSO",
+    "Best",
+    "SwarmConfig",
+    "SwarmState",
+    "SearchResult",
+    "GridRun",
+    "GridResult",
+    "run_search",
+    "run_grid",
+    "expand_grid",
+    "sample_configs",
+    "BaselineResult",
+    "BASELINES",
+    "run_baseline",
+    "best_single",
+    "uniform_mixture",
+    "greedy_ensemble",
+    "em_weights",
+    "mixture_loglik",
+    "em_baseline",
+    "differential_evolution_search",
+    "local_search",
+    "random_search",
+]

@@ -1,0 +1,768 @@
+"""Model Swarms (Feng et al. 2024, Algorithm 1) in mixing space, as a pure ask/tell optimiser.
+
+A *particle* is a raw weight vector ``w`` in R^N, one entry per expert. This module never touches a
+model: it proposes weight vectors and is told one utility per vector (higher is better).
+
+Weight convention
+-----------------
+Positions are raw real vectors and are handed to the utility unchanged. The consumer interprets
+them: mixing mode ``"probs"`` uses ``max(w, 0) / sum(max(w, 0))`` (negatives clipped, then
+renormalised); mode ``"logits"`` uses ``w`` as is (negative = anti-expert). Because the swarm starts
+from one-hot experts and *affine* crossovers of them (child weights ``w1 + (1 - w1) = 1``), and every
+velocity is a combination of position differences, **every position sums to 1 for the whole
+search** (up to float rounding). So a ``"probs"`` consumer always has at least one positive entry,
+and a ``"logits"`` consumer always sees weights that sum to 1. It also means that positions stay in
+the affine hull of the initial swarm: an expert that is not in the initial swarm can never gain
+weight, which is why ``swarm_size`` must be at least the number of experts.
+
+How the state moves (the two halves of one iteration of Algorithm 1)
+---------------------------------------------------------------------
+``init_state``  one-hot experts + crossover children, initial velocities; all particles pending.
+``observe``     record utilities: personal bests (strict improvement), all-time global best and
+                global worst, history of g, step-length decay (not after the initial evaluation).
+``update``      move: restart stagnant particles (x = p, v = 0, with a cooldown), velocity update,
+                position update, optional dropout of evaluations; the moved particles are pending.
+``is_done``     g unchanged for ``patience`` iterations, or ``max_iter`` iterations done.
+
+Every function takes a frozen :class:`SwarmState` and returns a new one; the RNG is part of the
+state (the bit generator's JSON-able state), so a state saved after any ``observe`` resumes to the
+exact same trajectory. :class:`PSO` wraps the functions in an ``ask()`` / ``tell()`` object.
+
+Where this follows the authors' code (``BunsenFeng/model_swarm`` ``search.py``) and where it does
+not, with reasons, is said next to each rule below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ._common import (
+    array_from_json,
+    array_to_json,
+    float_from_json,
+    float_to_json,
+    frozen_array,
+    make_rng,
+    rank_scores,
+    rng_from_state,
+    rng_state,
+)
+
+__all__ = [
+    "SwarmConfig",
+    "SwarmState",
+    "Best",
+    "PSO",
+    "init_particles",
+    "init_velocities",
+    "velocity_update",
+    "init_state",
+    "update",
+    "observe",
+    "is_done",
+    "iterations_since_improvement",
+    "state_to_dict",
+    "state_from_dict",
+]
+
+VELOCITY_INIT_MODES = ("random", "zero", "best")
+
+
+# ============================================================================================
+# Configuration
+# ============================================================================================
+
+
+@dataclass(frozen=True)
+class SwarmConfig:
+    """Hyper-parameters of one swarm search (immutable; JSON round-trip via to_dict/from_dict).
+
+    Defaults are the authors' ``search.py`` argparse defaults, except where their published scripts
+    or the paper say otherwise (noted per field).
+
+    Attributes:
+        swarm_size: number of particles P (paper: N = 20 via the population step). Must be at least
+            the number of experts, see the module docstring.
+        inertia: phi_v, weight of the previous velocity (code default 0.4; scripts 0.1-0.3).
+        cognitive: phi_p, pull towards the particle's personal best (0.3).
+        social: phi_g, pull towards the global best (0.3).
+        repel: phi_w, push away from the all-time global worst (0.3; scripts 0.01-0.1).
+        step_length: initial lambda in ``x <- x + lambda v`` (1.0; scripts 0.5-1.0).
+        step_length_factor: lambda is multiplied by this after every iteration (0.95).
+        min_step_length: floor of lambda (0.1).
+        patience: stop when the global best has not improved for this many iterations (10).
+        restart_patience: a particle is restarted when its stagnation count reaches
+            ``restart_patience * patience`` (0.67, as the authors' scripts use; code default 0.5).
+        restart_cooldown: after a restart, a particle cannot be restarted again for this many
+            iterations (3, as in the authors' later MoCo code; 0 = the original, which resets a
+            stagnant particle every iteration).
+        max_iter: maximum number of update iterations after the initial evaluation (paper K = 50;
+            the code's default is 200).
+        velocity_init: ``"random"`` (v_i = x_j - x_i for a random j != i; the default everywhere),
+            ``"zero"`` or ``"best"`` (v_i = g - x_i after the initial evaluation).
+        weight_randomness: draw r_v, r_p, r_g, r_w ~ U(0, 1) per particle per iteration; if False
+            all four are 1 (the paper's "fully deterministic" ablation).
+        repel_term: include the repel term (True).
+        restart: restart stagnant particles at their personal best (True).
+        drop_iter: "Dropout-K": probability that a whole iteration is not evaluated (0 = off).
+        drop_particle: "Dropout-N": probability that one particle is not evaluated (0 = off).
+            A skipped particle still moves but keeps its previous utility, as in the authors' code.
+    """
+
+    swarm_size: int = 20
+    inertia: float = 0.4
+    cognitive: float = 0.3
+    social: float = 0.3
+    repel: float = 0.3
+    step_length: float = 1.0
+    step_length_factor: float = 0.95
+    min_step_length: float = 0.1
+    patience: int = 10
+    restart_patience: float = 0.67
+    restart_cooldown: int = 3
+    max_iter: int = 50
+    velocity_init: str = "random"
+    weight_randomness: bool = True
+    repel_term: bool = True
+    restart: bool = True
+    drop_iter: float = 0.0
+    drop_particle: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Check types and ranges; coerce int-valued floats to float so equality is by value."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", int):
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                    raise ValueError(f"SwarmConfig.{f.name} must be an int, got {value!r}")
+                object.__setattr__(self, f.name, int(value))
+            elif f.type in ("float", float):
+                if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                    raise ValueError(f"SwarmConfig.{f.name} must be a number, got {value!r}")
+                if not np.isfinite(value):
+                    raise ValueError(f"SwarmConfig.{f.name} must be finite, got {value!r}")
+                object.__setattr__(self, f.name, float(value))
+            elif f.type in ("bool", bool):
+                if not isinstance(value, (bool, np.bool_)):
+                    raise ValueError(f"SwarmConfig.{f.name} must be true or false, got {value!r}")
+                object.__setattr__(self, f.name, bool(value))
+        if self.swarm_size < 2:
+            raise ValueError(f"SwarmConfig.swarm_size must be >= 2, got {self.swarm_size}")
+        for name in ("inertia", "cognitive", "social", "repel"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SwarmConfig.{name} must be >= 0, got {getattr(self, name)}")
+        total = self.inertia + self.cognitive + self.social + (self.repel if self.repel_term else 0.0)
+        if total <= 0:
+            raise ValueError("SwarmConfig: inertia + cognitive + social (+ repel) must be > 0, "
+                             "otherwise the velocity update divides by zero")
+        if self.step_length <= 0:
+            raise ValueError(f"SwarmConfig.step_length must be > 0, got {self.step_length}")
+        if self.step_length_factor <= 0:
+            raise ValueError(f"SwarmConfig.step_length_factor must be > 0 (1 = no decay), "
+                             f"got {self.step_length_factor}")
+        if self.min_step_length < 0:
+            raise ValueError(f"SwarmConfig.min_step_length must be >= 0, got {self.min_step_length}")
+        if self.patience < 1:
+            raise ValueError(f"SwarmConfig.patience must be >= 1, got {self.patience}")
+        if self.restart_patience <= 0:
+            raise ValueError(f"SwarmConfig.restart_patience must be > 0 (a fraction of patience), "
+                             f"got {self.restart_patience}")
+        if self.restart_cooldown < 0:
+            raise ValueError(f"SwarmConfig.restart_cooldown must be >= 0, got {self.restart_cooldown}")
+        if self.max_iter < 0:
+            raise ValueError(f"SwarmConfig.max_iter must be >= 0, got {self.max_iter}")
+        if self.velocity_init not in VELOCITY_INIT_MODES:
+            raise ValueError(f"SwarmConfig.velocity_init must be one of {VELOCITY_INIT_MODES}, "
+                             f"got {self.velocity_init!r}")
+        for name in ("drop_iter", "drop_particle"):
+            p = getattr(self, name)
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"SwarmConfig.{name} must be in [0, 1), got {p}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a plain JSON-able dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SwarmConfig":
+        """Build a config from a dict (e.g. parsed YAML); unknown keys are an error with a hint.
+
+        Args:
+            d: field name -> value; missing fields take their defaults.
+
+        Raises:
+            ValueError: on an unknown key (with the closest known name) or a bad value.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"SwarmConfig.from_dict expects a dict, got {type(d).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in d:
+            if key not in known:
+                near = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else f"; known keys: {', '.join(known)}"
+                raise ValueError(f"unknown swarm setting {key!r}{hint}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "SwarmConfig":
+        """A copy with some fields changed (validated like a new config)."""
+        return self.from_dict({**self.to_dict(), **changes})
+
+
+# ============================================================================================
+# State
+# ============================================================================================
+
+
+@dataclass(frozen=True, eq=False)
+class SwarmState:
+    """Everything a swarm search needs to continue, as immutable values (arrays are read-only).
+
+    Attributes:
+        n_experts: N, the dimension of a weight vector.
+        iteration: update iterations observed so far (0 until the first move has been scored).
+        initialized: whether the initial swarm has been evaluated.
+        positions: (P, N) current positions (some may be pending evaluation).
+        velocities: (P, N) current velocities.
+        utilities: (P,) latest score of each particle; failures (NaN, +inf) are stored as -inf.
+        pbest_positions: (P, N) personal best positions.
+        pbest_utilities: (P,) their scores.
+        pbest_age: (P,) stagnation count exactly as the authors compute it:
+            ``len(history_i) - history_i.index(best_i)``, i.e. 1 right after an improvement.
+        cooldown: (P,) iterations during which the particle may not be restarted again.
+        gbest_position: (N,) all-time global best g.
+        gbest_utility: its score.
+        gworst_position: (N,) all-time global worst (the repel target).
+        gworst_utility: its score.
+        g_history: the global best score after the initial evaluation and after every iteration.
+        step_length: current lambda.
+        pending: indices of particles whose current position awaits a utility (``None`` when no
+            proposal is outstanding, i.e. right after ``observe``; this is when to checkpoint).
+        restarted: particles restarted by the latest ``update``.
+        n_evaluations: utilities received so far (rows of W, not calls).
+        rng_state: JSON-able state of the numpy bit generator, positioned for the next draw.
+    """
+
+    n_experts: int
+    iteration: int
+    initialized: bool
+    positions: np.ndarray
+    velocities: np.ndarray
+    utilities: np.ndarray
+    pbest_positions: np.ndarray
+    pbest_utilities: np.ndarray
+    pbest_age: np.ndarray
+    cooldown: np.ndarray
+    gbest_position: np.ndarray
+    gbest_utility: float
+    gworst_position: np.ndarray
+    gworst_utility: float
+    g_history: tuple[float, ...]
+    step_length: float
+    pending: tuple[int, ...] | None
+    restarted: tuple[int, ...]
+    n_evaluations: int
+    rng_state: dict
+
+    @property
+    def swarm_size(self) -> int:
+        """P, the number of particles."""
+        return int(self.positions.shape[0])
+
+    def replace(self, **changes: Any) -> "SwarmState":
+        """A copy with some fields changed; arrays are copied and frozen."""
+        for key, value in list(changes.items()):
+            if isinstance(value, np.ndarray):
+                dtype = np.int64 if key in ("pbest_age", "cooldown") else np.float64
+                changes[key] = frozen_array(value, dtype)
+        return dataclasses.replace(self, **changes)
+
+
+class Best(NamedTuple):
+    """The best weight vector found so far and its utility (-inf if every evaluation failed)."""
+
+    weights: np.ndarray
+    utility: float
+
+
+# ============================================================================================
+# Pure building blocks
+# ============================================================================================
+
+
+def init_particles(n_experts: int, config: SwarmConfig, rng: np.random.Generator) -> np.ndarray:
+    """Initial swarm: the N one-hot experts, then crossover children until ``swarm_size``.
+
+    Each child is ``w1 * a + (1 - w1) * b`` with ``w1 = 2 * U(0, 1)`` (half interpolation, half
+    extrapolation, as in the authors' code) and parents ``a != b`` drawn uniformly from the list
+    built so far, so later children may have earlier children as parents. Draw order per child,
+    so tests can recompute it: ``i = rng.integers(k)``, ``j = rng.integers(k - 1)`` (shifted past
+    ``i``), ``w1 = 2 * rng.random()``, where k is the current list length.
+
+    Args:
+        n_experts: N >= 2.
+        config: uses ``swarm_size`` (P >= N).
+        rng: the generator to draw from (advanced in place).
+
+    Returns:
+        (P, N) float64 array; every row sums to 1.
+
+    Raises:
+        ValueError: if N < 2 or P < N. With fewer particles than experts the swarm could never
+            give weight to the experts left out (positions stay in the affine hull of the initial
+            swarm), so this is refused instead of silently dropping experts.
+    """
+    n = _check_n_experts(n_experts)
+    p = config.swarm_size
+    if p < n:
+        raise ValueError(
+            f"swarm_size={p} is smaller than the number of experts ({n}); the swarm could never put "
+            f"weight on the experts left out. Use swarm_size >= {n} (the paper uses 20)."
+        )
+    rows = [np.eye(n, dtype=np.float64)[i] for i in range(n)]
+    while len(rows) < p:
+        k = len(rows)
+        i = int(rng.integers(k))
+        j = int(rng.integers(k - 1))
+        j += j >= i  # uniform over the k - 1 other parents
+        w1 = 2.0 * float(rng.random())
+        rows.append(w1 * rows[i] + (1.0 - w1) * rows[j])
+    return np.stack(rows)
+
+
+def init_velocities(positions: np.ndarray, mode: str, rng: np.random.Generator,
+                    best: np.ndarray | None = None) -> np.ndarray:
+    """Initial velocities.
+
+    Args:
+        positions: (P, N) initial positions.
+        mode: ``"random"``: v_i = x_j - x_i with j != i uniform (one ``rng.integers(P - 1, size=P)``
+            draw); ``"zero"``: v = 0; ``"best"``: v_i = best - x_i (needs ``best``).
+        rng: generator, used by ``"random"`` only.
+        best: (N,) the global best after the initial evaluation, for ``"best"``.
+
+    Returns:
+        (P, N) float64 array.
+    """
+    x = np.asarray(positions, dtype=np.float64)
+    if mode == "zero":
+        return np.zeros_like(x)
+    if mode == "random":
+        p = x.shape[0]
+        j = rng.integers(p - 1, size=p)
+        j = j + (j >= np.arange(p))  # skip the particle itself
+        return x[j] - x
+    if mode == "best":
+        if best is None:
+            raise ValueError("velocity_init='best' needs the global best position")
+        return np.asarray(best, dtype=np.float64)[None, :] - x
+    raise ValueError(f"velocity_init must be one of {VELOCITY_INIT_MODES}, got {mode!r}")
+
+
+def velocity_update(x: np.ndarray, v: np.ndarray, p: np.ndarray, g: np.ndarray, worst: np.ndarray,
+                    config: SwarmConfig, r: np.ndarray) -> np.ndarray:
+    """The Model Swarms velocity rule, for all particles at once.
+
+    ``v <- (a_v v + a_p (p - x) + a_g (g - x) + a_w (x - worst)) / C`` with ``a_v = r_v phi_v``,
+    ``a_p = r_p phi_p``, ``a_g = r_g phi_g``, ``a_w = r_w phi_w`` (0 without the repel term) and
+    ``C = a_v + a_p + a_g + a_w``: a convex combination of the four directions.
+
+    Args:
+        x, v, p: (P, N) positions, velocities, personal bests.
+        g, worst: (N,) global best and global worst.
+        config: the four coefficients and ``repel_term``.
+        r: (P, 4) random factors (r_v, r_p, r_g, r_w) per particle, or all ones.
+
+    Returns:
+        (P, N) new velocities. A particle whose C is 0 (all its r drew exactly 0) gets v = 0.
+    """
+    phi = np.array([config.inertia, config.cognitive, config.social,
+                    config.repel if config.repel_term else 0.0])
+    a = np.asarray(r, dtype=np.float64) * phi[None, :]
+    c = a.sum(axis=1)
+    num = (a[:, 0:1] * v + a[:, 1:2] * (p - x) + a[:, 2:3] * (g[None, :] - x)
+           + a[:, 3:4] * (x - worst[None, :]))
+    safe_c = np.where(c > 0, c, 1.0)
+    return np.where((c > 0)[:, None], num / safe_c[:, None], 0.0)
+
+
+def iterations_since_improvement(g_history: tuple[float, ...] | list[float]) -> int:
+    """Iterations since the global best last changed (the initial evaluation counts as a change)."""
+    h = list(g_history)
+    last = 0
+    for k in range(1, len(h)):
+        if h[k] != h[k - 1]:
+            last = k
+    return len(h) - 1 - last
+
+
+def is_done(state: SwarmState, config: SwarmConfig) -> bool:
+    """Whether the search has ended: ``max_iter`` iterations, or g unchanged for ``patience``.
+
+    The authors stop when the last ``patience`` entries of g_history are equal, which after an
+    improvement means ``patience - 1`` flat iterations; here it is ``patience`` flat iterations
+    every time, which is what "patience" says.
+    """
+    if not state.initialized or state.pending is not None:
+        return False
+    if state.iteration >= config.max_iter:
+        return True
+    return iterations_since_improvement(state.g_history) >= config.patience
+
+
+# ============================================================================================
+# State transitions
+# ============================================================================================
+
+
+def init_state(n_experts: int, config: SwarmConfig,
+               rng: int | np.random.Generator | np.random.SeedSequence) -> SwarmState:
+    """The state before anything is evaluated: initial swarm and velocities, all pending.
+
+    Args:
+        n_experts: N >= 2.
+        config: the search settings.
+        rng: a seed or a Generator. A Generator is advanced by the initial draws; afterwards the
+            state carries its own snapshot, so later draws do not advance the caller's generator.
+
+    Returns:
+        A :class:`SwarmState` whose ``pending`` is every particle.
+    """
+    gen = make_rng(rng)
+    x = init_particles(n_experts, config, gen)
+    # 'best' needs the initial utilities; its velocities are set in observe().
+    v = init_velocities(x, "zero" if config.velocity_init == "best" else config.velocity_init, gen)
+    p, n = x.shape
+    return SwarmState(
+        n_experts=n, iteration=0, initialized=False,
+        positions=frozen_array(x), velocities=frozen_array(v),
+        utilities=frozen_array(np.full(p, -np.inf)),
+        pbest_positions=frozen_array(x), pbest_utilities=frozen_array(np.full(p, -np.inf)),
+        pbest_age=frozen_array(np.zeros(p), np.int64), cooldown=frozen_array(np.zeros(p), np.int64),
+        gbest_position=frozen_array(x[0]), gbest_utility=-np.inf,
+        gworst_position=frozen_array(x[0]), gworst_utility=np.inf,
+        g_history=(), step_length=config.step_length,
+        pending=tuple(range(p)), restarted=(), n_evaluations=0, rng_state=rng_state(gen),
+    )
+
+
+def update(state: SwarmState, config: SwarmConfig) -> SwarmState:
+    """Move the swarm one iteration (Algorithm 1, steps 2-4); the moved particles become pending.
+
+    1. Restart: a particle whose stagnation count ``pbest_age`` reached
+       ``restart_patience * patience`` and whose cooldown is 0 is put back at its personal best
+       with zero velocity, and its cooldown set to ``restart_cooldown``; other cooldowns count down.
+       The normal update then proceeds in the same iteration, as in the authors' code.
+    2. Velocity: :func:`velocity_update` with fresh r ~ U(0, 1) per particle (or all 1).
+    3. Position: ``x <- x + lambda v`` with the current step length.
+    4. Dropout (off by default): with ``drop_iter`` skip the whole evaluation, then each particle
+       with ``drop_particle``; skipped particles keep their previous utility in :func:`observe`.
+
+    RNG draw order: ``random((P, 4))`` if weight_randomness, then ``random()`` if drop_iter > 0,
+    then ``random(P)`` if drop_particle > 0.
+
+    Args:
+        state: an initialised state with nothing pending that is not done.
+        config: the search settings the state was made with.
+
+    Returns:
+        The new state with ``pending`` = particles to evaluate (possibly empty with dropout).
+
+    Raises:
+        ValueError: if the state still awaits utilities, was never evaluated, or is done.
+    """
+    if not state.initialized or state.pending is not None:
+        raise ValueError("update() needs a state whose pending utilities have been observed")
+    if is_done(state, config):
+        raise ValueError("the search is done; read the global best instead of moving the swarm")
+    rng = rng_from_state(state.rng_state)
+    p = state.swarm_size
+    x = np.array(state.positions)
+    v = np.array(state.velocities)
+
+    if config.restart:
+        due = state.pbest_age >= config.restart_patience * config.patience
+        restart = due & (state.cooldown == 0)
+        cooldown = np.where(restart, config.restart_cooldown, np.maximum(state.cooldown - 1, 0))
+        x = np.where(restart[:, None], state.pbest_positions, x)
+        v = np.where(restart[:, None], 0.0, v)
+    else:
+        restart = np.zeros(p, dtype=bool)
+        cooldown = np.array(state.cooldown)
+
+    r = rng.random((p, 4)) if config.weight_randomness else np.ones((p, 4))
+    v = velocity_update(x, v, state.pbest_positions, state.gbest_position, state.gworst_position,
+                        config, r)
+    x = x + state.step_length * v
+
+    evaluate = np.ones(p, dtype=bool)
+    if config.drop_iter > 0 and rng.random() < config.drop_iter:
+        evaluate[:] = False
+    if config.drop_particle > 0:
+        evaluate &= ~(rng.random(p) < config.drop_particle)
+
+    return state.replace(
+        positions=x, velocities=v, cooldown=cooldown,
+        pending=tuple(int(i) for i in np.flatnonzero(evaluate)),
+        restarted=tuple(int(i) for i in np.flatnonzero(restart)),
+        rng_state=rng_state(rng),
+    )
+
+
+def observe(state: SwarmState, config: SwarmConfig, utilities: Any) -> SwarmState:
+    """Record the utilities of the pending particles (Algorithm 1, steps 5-7).
+
+    Failures (NaN, +inf) count as -inf: they can never become a personal or global best, and a
+    failed particle can become the global worst (the repel target). Personal bests change on
+    strict improvement only; g and the worst are all-time. After the initial evaluation this sets
+    p = x, g, worst and (``velocity_init="best"``) v = g - x; after a move it also appends to
+    g_history, decays the step length ``lambda <- max(lambda * factor, min)`` and counts the iteration.
+
+    Args:
+        state: a state with ``pending`` set.
+        config: the search settings.
+        utilities: one utility per pending particle, in the order of ``state.pending``.
+
+    Returns:
+        The new state, with ``pending = None``.
+    """
+    if state.pending is None:
+        raise ValueError("observe() called with nothing pending; call update() (ask) first")
+    idx = np.array(state.pending, dtype=np.int64)
+    u = np.asarray(utilities, dtype=np.float64)
+    if u.shape != (len(idx),):
+        raise ValueError(f"expected {len(idx)} utilities (one per pending particle), got shape {u.shape}")
+    scores = np.array(state.utilities)
+    scores[idx] = rank_scores(u)
+    x = state.positions
+
+    if not state.initialized:
+        gi, wi = int(np.argmax(scores)), int(np.argmin(scores))
+        v = state.velocities
+        if config.velocity_init == "best":
+            v = init_velocities(x, "best", None, best=x[gi])  # type: ignore[arg-type]
+        return state.replace(
+            initialized=True, utilities=scores, velocities=v,
+            pbest_positions=x, pbest_utilities=scores, pbest_age=np.ones(len(scores)),
+            gbest_position=x[gi], gbest_utility=float(scores[gi]),
+            gworst_position=x[wi], gworst_utility=float(scores[wi]),
+            g_history=(float(scores[gi]),), pending=None,
+            n_evaluations=state.n_evaluations + len(idx),
+        )
+
+    improved = scores > state.pbest_utilities
+    changes: dict[str, Any] = dict(
+        utilities=scores,
+        pbest_positions=np.where(improved[:, None], x, state.pbest_positions),
+        pbest_utilities=np.where(improved, scores, state.pbest_utilities),
+        # Authors: len(history) - history.index(best): 1 right after an improvement, +1 per step.
+        pbest_age=np.where(improved, 1, state.pbest_age + 1),
+    )
+    gi, wi = int(np.argmax(scores)), int(np.argmin(scores))
+    g_u = state.gbest_utility
+    if scores[gi] > g_u:
+        g_u = float(scores[gi])
+        changes.update(gbest_position=x[gi], gbest_utility=g_u)
+    if scores[wi] < state.gworst_utility:
+        changes.update(gworst_position=x[wi], gworst_utility=float(scores[wi]))
+    return state.replace(
+        **changes,
+        g_history=state.g_history + (g_u,),
+        step_length=max(state.step_length * config.step_length_factor, config.min_step_length),
+        iteration=state.iteration + 1, pending=None,
+        n_evaluations=state.n_evaluations + len(idx),
+    )
+
+
+# ============================================================================================
+# JSON (no pickle)
+# ============================================================================================
+
+_ARRAYS_2D = ("positions", "velocities", "pbest_positions")
+_ARRAYS_1D = ("utilities", "pbest_utilities", "gbest_position", "gworst_position")
+_INTS_1D = ("pbest_age", "cooldown")
+
+
+def state_to_dict(state: SwarmState) -> dict[str, Any]:
+    """Encode a state as strict JSON values; floats round-trip bit-exactly."""
+    d: dict[str, Any] = {
+        "n_experts": state.n_experts,
+        "iteration": state.iteration,
+        "initialized": state.initialized,
+        "gbest_utility": float_to_json(state.gbest_utility),
+        "gworst_utility": float_to_json(state.gworst_utility),
+        "g_history": [float_to_json(g) for g in state.g_history],
+        "step_length": float_to_json(state.step_length),
+        "pending": None if state.pending is None else list(state.pending),
+        "restarted": list(state.restarted),
+        "n_evaluations": state.n_evaluations,
+        "rng_state": state.rng_state,
+    }
+    for name in _ARRAYS_2D + _ARRAYS_1D:
+        d[name] = array_to_json(getattr(state, name))
+    for name in _INTS_1D:
+        d[name] = [int(a) for a in getattr(state, name)]
+    return d
+
+
+def state_from_dict(d: dict[str, Any]) -> SwarmState:
+    """Decode :func:`state_to_dict` output, checking that shapes agree."""
+    try:
+        n = int(d["n_experts"])
+        kw: dict[str, Any] = {name: frozen_array(array_from_json(d[name], 2, n)) for name in _ARRAYS_2D}
+        kw.update({name: frozen_array(array_from_json(d[name], 1)) for name in _ARRAYS_1D})
+        kw.update({name: frozen_array(d[name], np.int64) for name in _INTS_1D})
+        state = SwarmState(
+            n_experts=n, iteration=int(d["iteration"]), initialized=bool(d["initialized"]),
+            gbest_utility=float_from_json(d["gbest_utility"]),
+            gworst_utility=float_from_json(d["gworst_utility"]),
+            g_history=tuple(float_from_json(g) for g in d["g_history"]),
+            step_length=float_from_json(d["step_length"]),
+            pending=None if d["pending"] is None else tuple(int(i) for i in d["pending"]),
+            restarted=tuple(int(i) for i in d["restarted"]),
+            n_evaluations=int(d["n_evaluations"]), rng_state=dict(d["rng_state"]), **kw,
+        )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a saved swarm state (missing or malformed field: {exc})") from None
+    p = state.positions.shape[0]
+    shapes_ok = (
+        all(getattr(state, a).shape == (p, n) for a in _ARRAYS_2D)
+        and all(getattr(state, a).shape == (p,) for a in ("utilities", "pbest_utilities") + _INTS_1D)
+        and state.gbest_position.shape == (n,) and state.gworst_position.shape == (n,)
+    )
+    if not shapes_ok:
+        raise ValueError("saved swarm state has inconsistent array shapes")
+    return state
+
+
+def _check_n_experts(n_experts: Any) -> int:
+    if isinstance(n_experts, bool) or not isinstance(n_experts, (int, np.integer)):
+        raise ValueError(f"n_experts must be an int, got {n_experts!r}")
+    if n_experts < 2:
+        raise ValueError(f"a swarm search needs at least 2 experts, got {n_experts}")
+    return int(n_experts)
+
+
+# ============================================================================================
+# Ask / tell
+# ============================================================================================
+
+
+class PSO:
+    """Model Swarms as an ask/tell optimiser over weight vectors.
+
+    Example::
+
+        pso = PSO(n_experts=4, config=SwarmConfig(), seed=0)
+        while not pso.done:
+            W = pso.ask()                 # (k, N); k = P except with dropout
+            pso.tell(W, evaluate(W))      # one utility per row
+        weights, utility = pso.best
+
+    The first ``ask()`` returns the initial swarm. ``ask()`` twice without ``tell()`` returns the
+    same rows. ``state_dict()`` right after a ``tell()`` is a complete checkpoint.
+
+    Args:
+        n_experts: N >= 2.
+        config: search settings (default: :class:`SwarmConfig` defaults).
+        seed: an int, a SeedSequence or a numpy Generator.
+    """
+
+    FORMAT = "logit_swarm.pso"
+    VERSION = 1
+
+    def __init__(self, n_experts: int, config: SwarmConfig | None = None,
+                 seed: int | np.random.Generator | np.random.SeedSequence = 0) -> None:
+        self._config = config if config is not None else SwarmConfig()
+        if not isinstance(self._config, SwarmConfig):
+            raise ValueError(f"config must be a SwarmConfig, got {type(self._config).__name__}")
+        self._state = init_state(n_experts, self._config, seed)
+
+    @classmethod
+    def from_state(cls, state: SwarmState, config: SwarmConfig) -> "PSO":
+        """Wrap an existing state (e.g. one built with the pure functions)."""
+        obj = cls.__new__(cls)
+        obj._config, obj._state = config, state
+        return obj
+
+    @property
+    def config(self) -> SwarmConfig:
+        """The search settings."""
+        return self._config
+
+    @property
+    def state(self) -> SwarmState:
+        """The current immutable state."""
+        return self._state
+
+    @property
+    def done(self) -> bool:
+        """True once the stopping rule holds (checked after each ``tell``)."""
+        return is_done(self._state, self._config)
+
+    @property
+    def iteration(self) -> int:
+        """Update iterations completed (0 = only the initial swarm evaluated, or not even that)."""
+        return self._state.iteration
+
+    @property
+    def best(self) -> Best:
+        """The all-time global best weights (raw, see module docstring) and their utility."""
+        if not self._state.initialized:
+            raise RuntimeError("no utilities told yet; ask() and tell() the initial swarm first")
+        return Best(np.array(self._state.gbest_position), float(self._state.gbest_utility))
+
+    def ask(self) -> np.ndarray:
+        """Weight vectors to evaluate next, shape (k, N) (a fresh writable copy).
+
+        Raises:
+            RuntimeError: if the search is done.
+        """
+        if self._state.pending is None:
+            if self.done:
+                raise RuntimeError("the search is done; read .best")
+            self._state = update(self._state, self._config)
+        return np.array(self._state.positions[list(self._state.pending)], dtype=np.float64)
+
+    def tell(self, weights: np.ndarray, utilities: Any) -> None:
+        """Report the utilities of the rows the last ``ask()`` returned.
+
+        Args:
+            weights: exactly the array ``ask()`` returned (checked, to catch mix-ups).
+            utilities: one number per row; NaN marks a failed evaluation (ranked worst).
+
+        Raises:
+            ValueError: if nothing was asked, the weights differ from the asked ones, or the
+                number of utilities is wrong.
+        """
+        if self._state.pending is None:
+            raise ValueError("tell() without a pending ask(); call ask() first")
+        expected = self._state.positions[list(self._state.pending)]
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != expected.shape or not np.array_equal(w, expected):
+            raise ValueError("tell() got weights that differ from the last ask(); "
+                             "pass back the rows ask() returned, in the same order")
+        self._state = observe(self._state, self._config, utilities)
+
+    def state_dict(self) -> dict[str, Any]:
+        """A JSON-able checkpoint: format tag, config and state (no pickle)."""
+        return {"format": self.FORMAT, "version": self.VERSION,
+                "config": self._config.to_dict(), "state": state_to_dict(self._state)}
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, Any]) -> "PSO":
+        """Restore a :class:`PSO` from :meth:`state_dict` output; continues bit-exactly."""
+        if not isinstance(d, dict) or d.get("format") != cls.FORMAT:
+            raise ValueError(f"not a PSO checkpoint (expected format {cls.FORMAT!r})")
+        if d.get("version") != cls.VERSION:
+            raise ValueError(f"PSO checkpoint version {d.get('version')!r} is not supported "
+                             f"(this code reads version {cls.VERSION})")
+        config = SwarmConfig.from_dict(d["config"])
+        state = state_from_dict(d["state"])
+        if state.swarm_size != config.swarm_size:
+            raise ValueError("PSO checkpoint: state swarm size does not match its config")
+        return cls.from_state(state, config)
