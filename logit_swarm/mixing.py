@@ -80,9 +80,9 @@ def mix_logprobs(logp: torch.Tensor, weights: torch.Tensor | np.ndarray, mode: s
     if mode == "probs":
         wt = torch.as_tensor(normalised_probs_weights(np.asarray(weights)), dtype=logp.dtype, device=logp.device)
         logw = torch.log(wt).T[:, :, None]  # [N, R, 1]; log 0 = -inf drops that expert
-        out = torch.logsumexp(logw + logp, dim=0)
-        # Renormalise: exact for normalised inputs, and keeps rows proper if an expert had no mass.
-        return out - torch.logsumexp(out, dim=-1, keepdim=True)
+        # A mixture of normalised distributions is normalised: no second pass needed. (An expert
+        # with no mass at all, a dead byte-level state, is handled by the byte tracker.)
+        return torch.logsumexp(logw + logp, dim=0)
     lp = logp.clamp(min=LOGP_FLOOR)
     s = (w.T[:, :, None] * lp).sum(dim=0)
     return torch.log_softmax(s, dim=-1)

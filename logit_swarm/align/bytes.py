@@ -84,6 +84,9 @@ class ByteTrack:
         self._first_sorted = torch.as_tensor(self.vb.byte_table[:, 0].astype(np.int64))
         self._stop_ids = torch.as_tensor(list(self.vb.stop_ids), dtype=torch.long)
         self._n_sorted = len(self.vb.sorted_ids)
+        # Column-major copy: bt_cols[m, lo:hi] is a contiguous slice (fast searchsorted/bincount).
+        self._cols = np.ascontiguousarray(self.vb.byte_table.T).astype(np.int16)
+        self._cols_shift = self._cols.astype(np.int64) + 1  # -1 (token ended) -> bin 0
 
     # ------------------------------------------------------------------ node bookkeeping
     def _adopt(self, nodes: list[int], lp: torch.Tensor) -> None:
@@ -149,7 +152,8 @@ class ByteTrack:
     def distributions(self, states: list[ByteState]) -> np.ndarray:
         """Normalised log-probabilities ``[len(states), 257]`` (float64) of the next unit."""
         out = np.empty((len(states), N_UNITS))
-        bt = self.vb.byte_table
+        cols = self._cols_shift
+        max_len = cols.shape[0]
         for k, st in enumerate(states):
             mass = np.zeros(N_UNITS)
             for p in st.paths:
@@ -158,12 +162,11 @@ class ByteTrack:
                 if m == 0:
                     mass += scale * self._bins0[p.node]
                     continue
-                if m >= bt.shape[1]:
+                if m >= max_len:
                     continue
-                col = bt[p.lo : p.hi, m].astype(np.int64)
                 w = np.exp(self._lp_sorted[p.node][p.lo : p.hi].astype(np.float64))
-                ok = col >= 0  # tokens equal to y[j:n] end here; their mass lives in later paths
-                mass[:256] += scale * np.bincount(col[ok], weights=w[ok], minlength=256)
+                # Bin 0 collects tokens equal to y[j:n] (they ended; their mass lives in later paths).
+                mass[:256] += scale * np.bincount(cols[m, p.lo : p.hi], weights=w, minlength=257)[1:]
             total = mass.sum()
             with np.errstate(divide="ignore"):
                 out[k] = np.log(mass / total) if total > 0 else np.full(N_UNITS, -np.inf)
@@ -171,7 +174,8 @@ class ByteTrack:
 
     def advance(self, states: list[ByteState], units: list[int]) -> list[ByteState]:
         """Child states after appending one byte to each state (one batched forward for all)."""
-        bt, lengths, sorted_ids = self.vb.byte_table, self.vb.lengths, self.vb.sorted_ids
+        cols, lengths, sorted_ids = self._cols, self.vb.lengths, self.vb.sorted_ids
+        max_len = cols.shape[0]
         plans = []  # per state: (kept old paths, candidates)
         for st, b in zip(states, units):
             if b == STOP or not 0 <= b < 256:
@@ -179,9 +183,9 @@ class ByteTrack:
             kept, cands = [], []
             for p in st.paths:
                 m = st.n - p.j
-                if m >= bt.shape[1]:
+                if m >= max_len:
                     continue
-                col = bt[p.lo : p.hi, m]
+                col = cols[m, p.lo : p.hi]
                 lo = p.lo + int(np.searchsorted(col, b, side="left"))
                 hi = p.lo + int(np.searchsorted(col, b, side="right"))
                 if lo >= hi:

@@ -192,7 +192,8 @@ class HFExpert:
         logits = logits[..., : self.vocab_size]
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
-        if not torch.isfinite(logits).all():
+        # One scalar reduction instead of an elementwise mask: NaN/inf anywhere makes the sum non-finite.
+        if not torch.isfinite(logits.sum()):
             raise RuntimeError(
                 f"expert {self.name!r} produced non-finite logits (NaN/inf); its weights may be broken "
                 "or the dtype too narrow: try dtype=torch.float32"
