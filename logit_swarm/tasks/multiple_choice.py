@@ -1,0 +1,152 @@
+"""Multiple choice: accuracy by generation + the paper's parser, or by log-likelihood.
+
+Spec options (besides the common ones)::
+
+    kind: multiple_choice
+    scoring: generate          # generate (paper) | loglik_per_byte | loglik  (MC_SCORINGS)
+    prompt: paper              # paper | a format template, e.g. "Q: {question}\\n{choices}\\nA:"
+    instruction: "Please choose an option that best answers the question."   # paper prompt only
+    icl_prompt: from_data      # few-shot prefix: from_data (the file's icl_prompt) | a string | null
+    target: text               # loglik: score the option text, or its label (label)
+    separator: " "             # loglik: put between prompt and option ("" when options carry
+                               # their own leading space, as the zoo's do)
+    max_new_tokens: 10         # generate: the paper's 10 tokens, greedy
+
+``generate`` decodes every (particle, question) row in shared batches and parses the answer
+exactly as the paper does (a label in the first 5 characters, else in the last 5, else an
+option text as a substring; otherwise wrong). The ``loglik`` scorings never decode: each
+option's log-probability comes from the per-expert table, built once per split, so any number of
+particles after the first costs no forward pass. Ties between best options split the credit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from . import backend
+from .base import GENERATION_OPTIONS, EvalResult, Task, register_kind
+from .metrics import choice_credit
+from .parsing import parse_choice_paper
+from .records import Record, mc_example
+from .registry import Registry
+from .templates import PAPER_INSTRUCTION, check_template, paper_mc_prompt, render
+
+MCScoring = Callable[["MultipleChoiceTask", backend.Pool, str, list[Record]], EvalResult]
+#: How a multiple-choice question is answered: generate + parse, or compare option likelihoods.
+MC_SCORINGS: Registry[MCScoring] = Registry("multiple-choice scoring")
+
+
+@register_kind("multiple_choice", aliases=("mc", "multiple-choice"))
+class MultipleChoiceTask(Task):
+    """Accuracy on multiple-choice questions (see the module docstring for the spec)."""
+
+    OPTIONS = Task.OPTIONS | GENERATION_OPTIONS | {"scoring", "prompt", "instruction",
+                                                   "icl_prompt", "target", "separator"}
+    DEFAULT_SCORING = "generate"
+
+    def __init__(self, spec, base_dir=None, data_dir=None):
+        super().__init__(spec, base_dir, data_dir)
+        self.scoring_name = MC_SCORINGS.canonical(self.spec.get("scoring", self.DEFAULT_SCORING))
+        self.scoring = MC_SCORINGS.get(self.scoring_name)
+        self.prompt = self.spec.get("prompt", "paper")
+        if self.prompt != "paper":
+            check_template(str(self.prompt))
+        self.instruction = self.spec.get("instruction", PAPER_INSTRUCTION)
+        icl = self.spec.get("icl_prompt", "from_data")
+        self.icl_prompt = self.data.extras.get("icl_prompt") if icl == "from_data" else icl
+        self.target = self.spec.get("target", "text")
+        if self.target not in ("text", "label"):
+            raise ValueError(f"target must be 'text' or 'label', got {self.target!r}")
+        self.separator = str(self.spec.get("separator", " "))
+        self.gen = backend.GenerationSettings.from_spec(self.spec, max_new_tokens=10)
+
+    def normalise(self, raw: Record) -> Record:
+        """A raw record as ``{prompt, labels, choices, answer}``."""
+        return mc_example(raw, self.fields)
+
+    def build_prompt(self, ex: Record) -> str:
+        """The text shown to the experts for example ``ex``."""
+        if self.prompt == "paper":
+            return paper_mc_prompt(ex["prompt"], ex["labels"], ex["choices"],
+                                   instruction=self.instruction, icl_prompt=self.icl_prompt)
+        return render(str(self.prompt), ex)
+
+    def _evaluate(self, pool, split, allow_test):
+        exs = self.examples(split)
+        return self.scoring(self, pool, split, exs)
+
+
+def parse_and_grade(exs: list[Record], outputs: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Parse every output with the paper's rule: (correct [P, n], unparsed [P, n]) as floats."""
+    P, n = len(outputs), len(exs)
+    correct = np.zeros((P, n))
+    unparsed = np.zeros((P, n))
+    for p, row in enumerate(outputs):
+        for i, (ex, out) in enumerate(zip(exs, row, strict=True)):
+            label = parse_choice_paper(out, ex["labels"], ex["choices"])
+            unparsed[p, i] = label is None
+            correct[p, i] = label == ex["labels"][ex["answer"]]
+    return correct, unparsed
+
+
+@MC_SCORINGS.register("generate")
+def score_by_generation(task: MultipleChoiceTask, pool, split, exs) -> EvalResult:
+    """Greedy generation (10 tokens by default) parsed with the paper's rule."""
+    prompts = [task.build_prompt(ex) for ex in exs]
+    outputs = backend.generate_rows(task.cache, pool, prompts, task.gen)
+    correct, unparsed = parse_and_grade(exs, outputs)
+    acc = correct.mean(1)
+    return EvalResult(acc, {"accuracy": acc, "unparsed": unparsed.mean(1)}, split, len(exs),
+                      per_example=correct, outputs=outputs)
+
+
+def option_logprobs(task: MultipleChoiceTask, pool, split, exs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per option log P(separator + target | prompt): ([P, n, C] nats, [n, C] bytes, [n, C] valid)."""
+    contexts: list[str] = []
+    conts: list[str] = []
+    counts = []
+    for ex in exs:
+        prompt = task.build_prompt(ex)
+        options = ex["choices"] if task.target == "text" else ex["labels"]
+        # By default a space joins the option to the prompt as a separate word, as in lm-eval.
+        for opt in options:
+            contexts.append(prompt)
+            conts.append(task.separator + opt)
+        counts.append(len(options))
+    lp, nbytes = backend.pair_logprobs(task.cache, pool, f"{task.name}/{split}/mc",
+                                       contexts, conts)
+    P, n, C = pool.W.shape[0], len(exs), max(counts)
+    scores = np.full((P, n, C), -np.inf)
+    nb = np.ones((n, C))
+    valid = np.zeros((n, C), bool)
+    pos = 0
+    for i, c in enumerate(counts):
+        scores[:, i, :c] = lp[:, pos:pos + c]
+        nb[i, :c] = np.maximum(nbytes[pos:pos + c], 1)
+        valid[i, :c] = True
+        pos += c
+    return scores, nb, valid
+
+
+def _loglik_result(exs, scores, valid, split) -> EvalResult:
+    answer = np.array([ex["answer"] for ex in exs])
+    credit = choice_credit(scores, answer, valid)
+    acc = credit.mean(1)
+    return EvalResult(acc, {"accuracy": acc}, split, len(exs), per_example=credit)
+
+
+@MC_SCORINGS.register("loglik_per_byte", aliases=("loglik-norm", "acc_norm"))
+def score_by_loglik_per_byte(task: MultipleChoiceTask, pool, split, exs) -> EvalResult:
+    """The option with the highest log-likelihood per UTF-8 byte wins (fair across lengths and
+    tokenizers)."""
+    scores, nb, valid = option_logprobs(task, pool, split, exs)
+    return _loglik_result(exs, scores / nb[None], valid, split)
+
+
+@MC_SCORINGS.register("loglik", aliases=("loglik-raw", "acc"))
+def score_by_loglik(task: MultipleChoiceTask, pool, split, exs) -> EvalResult:
+    """The option with the highest total log-likelihood wins (favours short options)."""
+    scores, _, valid = option_logprobs(task, pool, split, exs)
+    return _loglik_result(exs, scores, valid, split)
