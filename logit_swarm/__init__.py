@@ -16,16 +16,7 @@ from .score import ScoreTable, build_table
 __all__ = ["Ensemble", "ScoreTable", "build_table", "choose_unit", "load_expert"]
 __version__ = "0.1.0"
 
-# Optional parts are exported when present (they are added by later work).
-try:  # pragma: no cover - depends on which parts exist
-    from .tasks import load_task  # noqa: F401
+from .search import swarm_search  # noqa: E402
+from .tasks import load_task  # noqa: E402
 
-    __all__.append("load_task")
-except ImportError:
-    pass
-try:  # pragma: no cover
-    from .search import swarm_search  # noqa: F401
-
-    __all__.append("swarm_search")
-except ImportError:
-    pass
+__all__ += ["load_task", "swarm_search"]

@@ -9,6 +9,11 @@ utility ``evaluate(W (k, N)) -> (k,)``, higher is better, NaN for a failed parti
   differential evolution, Nelder-Mead/Powell, Dirichlet random search.
 - :mod:`.driver`: :func:`run_search` (progress, history, atomic checkpoints, exact resume) and
   :func:`run_grid` (several seeded settings, best on dev).
+- :mod:`.api`: :func:`swarm_search` (experts + task -> :class:`SwarmResult` with a recipe-ready
+  ensemble) and :func:`compare` (the search and every baseline, dev and test). These are the only
+  parts that touch models and tasks, and they import them lazily.
+- :mod:`.model_baselines`: prediction merge, PackLLM and EM on task targets (they need outputs).
+- :mod:`.plots`: PNG plots of a search's history (optional, needs matplotlib).
 """
 
 from .baselines import (
@@ -27,8 +32,14 @@ from .baselines import (
 )
 from .driver import GridResult, GridRun, SearchResult, expand_grid, run_grid, run_search, sample_configs
 from .pso import PSO, Best, SwarmConfig, SwarmState
+from .api import CompareResult, SwarmResult, compare, load_search_config, swarm_search
 
 __all__ = [
+    "swarm_search",
+    "SwarmResult",
+    "compare",
+    "CompareResult",
+    "load_search_config",
     "PSO",
     "Best",
     "SwarmConfig",

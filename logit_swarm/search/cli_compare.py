@@ -1,0 +1,71 @@
+"""``logit-swarm compare``: the swarm search against every baseline, a table of dev and test.
+
+::
+
+    logit-swarm compare --experts zoo --task zoo-facts-mc --out-dir runs/facts
+    logit-swarm compare --experts m1/ m2/ --task t.yaml --budget 400 --baselines best_single,uniform
+
+Everything that decides (search, baselines, PackLLM's τ, vote tie-breaks) sees only dev; the
+test split is evaluated once at the end for the report (``--no-test`` skips it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .cli import add_pool_arguments, check_run_dir, load_pool, plan_from_args, write_plots
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``compare`` sub-command."""
+    from .api import COMPARE_BASELINES
+
+    p = subparsers.add_parser(
+        "compare", help="run the search and every baseline; print dev and test utility",
+        description="Run the swarm search and the baselines (" + ", ".join(COMPARE_BASELINES) + ") on "
+        "the task's dev split, then evaluate every result once on the test split and print a table.",
+    )
+    add_pool_arguments(p)
+    p.add_argument("--budget", type=int, help="dev evaluations for differential evolution, local and "
+                   "random search (default: as many as the search used)")
+    p.add_argument("--baselines", metavar="A,B,...", help="comma-separated subset of baselines to run")
+    p.add_argument("--out-dir", metavar="DIR", help="write compare.json, table.txt, the recipe, the "
+                   "search's history and plots here")
+    p.add_argument("--resume", action="store_true", help="continue the search saved in --out-dir")
+    p.add_argument("--no-test", action="store_true", help="report dev only")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``compare``; returns the exit code."""
+    from logit_swarm.recipe import atomic_write_text
+
+    from .api import compare
+
+    baselines = None
+    if args.baselines is not None:
+        baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    out_dir = Path(args.out_dir).expanduser() if args.out_dir else None
+    if args.resume and out_dir is None:
+        raise ValueError("--resume needs --out-dir (where the interrupted search was saved)")
+    plan = plan_from_args(args)
+    if out_dir is not None:
+        check_run_dir(out_dir / "search", args.resume)
+    task, ref, experts = load_pool(args)
+    res = compare(experts, ref if ref is not None else task, seed=args.seed, config=plan, mode=args.mode,
+                  budget=args.budget, baselines=baselines, out_dir=out_dir, resume=args.resume, progress=not args.quiet,
+                  data_dir=args.data, test_split=None if args.no_test else "test")
+    table = res.format_table()
+    print(table)
+    if out_dir is not None:
+        atomic_write_text(out_dir / "table.txt", table + "\n")
+        res.swarm.ensemble.save(out_dir / "recipe.json")
+        write_plots(res.swarm.history, out_dir, res.experts, args.mode, res.task_name)
+        print(f"wrote {out_dir / 'table.txt'}, {out_dir / 'compare.json'}, {out_dir / 'recipe.json'}",
+              file=sys.stderr)
+    return 0
