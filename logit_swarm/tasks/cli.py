@@ -23,7 +23,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "eval", help="evaluate a recipe on a task (utility and its parts)",
         description="Evaluate a saved recipe (an ensemble) on a task given by a spec file or a "
-        "registered name, and print the utility and its parts. Test splits need --allow-test.",
+        "registered name, and print the utility and its parts. Decoding settings come from the "
+        "task (they are part of its utility), not from the recipe. Test splits need --allow-test.",
     )
     p.add_argument("--recipe", help="recipe JSON written by a search or Ensemble.save")
     p.add_argument("--task", help="task spec (.yaml/.json) or registered name; default: the task "

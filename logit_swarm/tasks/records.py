@@ -233,7 +233,9 @@ class DataSource:
                 p = where(rel)
                 if not p.is_file():
                     raise FileNotFoundError(f"data file for split {split!r}: {str(p)!r} does not exist")
-                loaders[split] = (lambda p=p: read_records(p))
+                # A paper-format object file given for one split provides that split's list.
+                field_name = split if is_paper_file(p) else None
+                loaders[split] = (lambda p=p, f=field_name: read_records(p, field=f))
             return cls(loaders, description="task data")
         raise ValueError("data: must be a paper-format .json path, {split: path, ...} or "
                          "{generator: NAME, sizes: {...}}")

@@ -6,7 +6,9 @@ A spec is a mapping (from a YAML/JSON file or built in Python)::
     kind: multiple_choice            # a registered kind (base.KINDS)
     data: {dev: facts.dev.jsonl, test: facts.test.jsonl}   # or paper_format.json, or a generator
     fields: {prompt: q, choices: options, answer: label}  # optional field-name mapping
-    limit: {dev: 50}                 # optional: use the first N examples of a split
+    limit: {dev: 50}                 # optional: split sizes, the first N examples of a split
+    version: 1                       # optional: free-form, kept in task.spec for provenance
+    data_dir: ../data                # optional: where named sub-tasks (kind: multi) find files
     ...                              # kind-specific options (see each kind's module)
 
 Named tasks (the paper's tasks, the zoo's synthetic tasks) are registered in :data:`TASKS` with
