@@ -254,3 +254,41 @@ def test_zoo_facts_search_beats_single_and_uniform():
                   baselines=["best_single", "uniform"])
     swarm, best, uni = res.row("swarm"), res.row("best_single"), res.row("uniform")
     assert swarm.test > best.test and swarm.test > uni.test, res.format_table()
+
+
+# ------------------------------------------------------------------------------ memo
+
+
+@pytest.mark.parametrize("names", [("gpt2_a", "llama_bl"), ("gpt2_a", "llama_sp")], ids=["token", "byte"])
+def test_memo_gives_the_same_outputs_with_fewer_forward_rows(experts, names):
+    from logit_swarm.search.memo import memo_stats, memoize
+
+    plain = [experts[n] for n in names]
+    memo = memoize(plain)
+    prompts = ["The quick brown fox", "Hello world!", "def add(a, b):"]
+    W = np.array([[0.7, 0.3], [0.4, 0.6]])
+    rows = [p for _ in W for p in prompts]
+    RW = np.repeat(W, len(prompts), axis=0)
+    ens, mens = ls.Ensemble(plain), ls.Ensemble(memo)
+    for step in range(2):  # two "iterations" of the same swarm: the second is served by the memo
+        before = sum(e.forward_rows for e in plain)
+        a = ens.generate(rows, max_new_tokens=5, weights=RW)
+        mid = sum(e.forward_rows for e in plain)
+        b = mens.generate(rows, max_new_tokens=5, weights=RW)
+        after = sum(e.forward_rows for e in plain)
+        assert a == b
+        if step == 1:
+            assert after - mid == 0 < mid - before
+    stats = memo_stats(memo)
+    assert 0.4 < stats["hit_rate"] < 1
+    assert all(len(m.store) == 0 for m in memo)  # every node handed out was released
+
+
+def test_swarm_search_with_memo_follows_the_same_trajectory(pair):
+    spec = {"kind": "exact_match", "name": "em", "data": {"dev": EM}, "max_new_tokens": 3}
+    a = swarm_search(pair, spec, seed=1, config=SMALL, progress=False)  # auto: text generation -> memo
+    b = swarm_search(pair, spec, seed=1, config=SMALL, progress=False, memo=False)
+    assert a.memo is not None and a.memo["hit_rate"] > 0 and b.memo is None
+    assert [h["utilities"] for h in a.history] == [h["utilities"] for h in b.history]
+    np.testing.assert_array_equal(a.weights, b.weights)
+    assert swarm_search(pair, mc_spec(), config=SMALL, progress=False).memo is None  # scored, not decoded

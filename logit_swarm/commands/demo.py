@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit code."""
     from logit_swarm.ensemble import load_expert
     from logit_swarm.recipe import atomic_write_text
-    from logit_swarm.search.api import compare, resolve_task
+    from logit_swarm.search.api import compare, count_examples, resolve_task
     from logit_swarm.search.cli import check_run_dir, write_plots
     from logit_swarm.zoo import zoo_cards, zoo_experts
 
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     experts = [load_expert(p, device=args.device) for p in paths.values()]
 
     cfg = dict(QUICK) if args.quick else None
-    _say(f"step 2/4: swarm search + baselines on {task.name} (dev {len(task.examples('dev'))} questions)")
+    _say(f"step 2/4: swarm search + baselines on {task.name} (dev {count_examples(task, 'dev')} questions)")
     try:
         res = compare(experts, task_ref or task, seed=args.seed, config=cfg, out_dir=out, resume=resume, progress=True,
                       device=args.device)
@@ -115,9 +115,11 @@ def run(args: argparse.Namespace) -> int:
     if swarm.test is not None and best is not None and uni is not None:
         print(f"\nswarm test {swarm.test:.3f} vs best single {best.test:.3f} and uniform {uni.test:.3f} "
               f"(test split, measured in this run)")
-    example = task.examples("test")[0]["prompt"] if "test" in task.splits else ""
     print(f"\nrecipe: {recipe}   (demo wall time {wall:.0f}s)")
-    if example:
-        shown = example.replace("\n", "\\n")
-        print(f'try it: logit-swarm generate --recipe {recipe} --prompt "{shown}" --max-new-tokens 16')
+    if "test" in task.splits:
+        ex = task.examples("test")[0]
+        shown = ex["prompt"].replace("\n", "\\n")
+        gold = ex["choices"][ex["answer"]] if "choices" in ex else ex.get("answer", "")
+        print(f'try it: logit-swarm generate --recipe {recipe} --prompt "{shown}" --max-new-tokens 16'
+              f"   (test answer:{gold if gold.startswith(' ') else ' ' + gold})")
     return 0

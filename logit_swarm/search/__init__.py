@@ -14,6 +14,8 @@ utility ``evaluate(W (k, N)) -> (k,)``, higher is better, NaN for a failed parti
   parts that touch models and tasks, and they import them lazily.
 - :mod:`.model_baselines`: prediction merge, PackLLM and EM on task targets (they need outputs).
 - :mod:`.plots`: PNG plots of a search's history (optional, needs matplotlib).
+- :mod:`.memo`: experts' next-token distributions remembered across iterations (generated-text
+  utilities); ``swarm_search`` turns it on for tasks that decode.
 """
 
 from .baselines import (

@@ -196,6 +196,14 @@ def resolve_task(task: Any, data_dir: Any = None) -> tuple[Any, str | None]:
                      f"not {type(task).__name__}")
 
 
+def count_examples(task: Any, split: str) -> int | None:
+    """Examples of ``split`` (None for a task with no examples of its own, e.g. a multi task)."""
+    try:
+        return len(task.examples(split))
+    except ValueError:
+        return None
+
+
 def task_decoding(task: Any) -> dict[str, Any]:
     """Decoding defaults a recipe should carry for this task (from its generation settings)."""
     gen = getattr(task, "gen", None)
@@ -268,6 +276,8 @@ class SwarmResult:
         task: the task that was searched on.
         grid: the :class:`~logit_swarm.search.driver.GridResult` when a grid ran, else None.
         evaluation_seconds: time spent inside the utility (this session).
+        memo: hit statistics of the cross-iteration memo (:mod:`.memo`) when it was used, else
+            None. A resumed search starts with an empty memo, so these count this session only.
     """
 
     weights: np.ndarray
@@ -278,6 +288,7 @@ class SwarmResult:
     task: Any = None
     grid: GridResult | None = None
     evaluation_seconds: float = 0.0
+    memo: dict[str, Any] | None = None
 
     @property
     def n_evaluations(self) -> int:
@@ -325,7 +336,7 @@ def _provenance(task: Any, task_ref: str | None, split: str, seed: int, mode: st
 def swarm_search(experts: Any, task: Any, seed: int = 0, config: Any = None, mode: str = "probs",
                  out_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
                  split: str = "dev", data_dir: str | os.PathLike | None = None,
-                 device: str = "cpu") -> SwarmResult:
+                 device: str = "cpu", memo: bool | None = None) -> SwarmResult:
     """Search mixing weights for ``experts`` on ``task`` with Model Swarms PSO.
 
     Every iteration evaluates the whole swarm in one ``task.evaluate(experts, W, split)`` call,
@@ -346,6 +357,9 @@ def swarm_search(experts: Any, task: Any, seed: int = 0, config: Any = None, mod
         split: the split the utility is measured on; test splits are refused (never search on test).
         data_dir: data directory for named tasks that need files.
         device: device for experts given as directories.
+        memo: remember the experts' next-token distributions across iterations
+            (:mod:`.memo`); None = on exactly when the task generates text. Results are the
+            same either way; the hit rate is in ``result.memo``.
 
     Returns:
         A :class:`SwarmResult`.
@@ -368,11 +382,12 @@ def swarm_search(experts: Any, task: Any, seed: int = 0, config: Any = None, mod
     plan = None if (resume and config is None) else load_search_config(config)
     task_obj, task_ref = resolve_task(task, data_dir)
     experts = resolve_experts(experts, device=device)
-    return _search(experts, task_obj, task_ref, int(seed), plan, mode, out_dir, resume, progress, split)
+    return _search(experts, task_obj, task_ref, int(seed), plan, mode, out_dir, resume, progress, split, memo)
 
 
 def _search(experts: list, task_obj: Any, task_ref: str | None, seed: int, plan: SearchPlan | None,
-            mode: str, out_dir: Any, resume: bool, progress: bool, split: str) -> SwarmResult:
+            mode: str, out_dir: Any, resume: bool, progress: bool, split: str,
+            memo: bool | None = None) -> SwarmResult:
     """:func:`swarm_search` once its inputs are resolved (``compare`` enters here, keeping the
     reference of the task it was given)."""
     from logit_swarm.ensemble import Ensemble
@@ -383,7 +398,11 @@ def _search(experts: list, task_obj: Any, task_ref: str | None, seed: int, plan:
     if plan is not None and plan.config.swarm_size < n:
         raise ValueError(f"swarm_size {plan.config.swarm_size} is smaller than the number of experts {n}; "
                          "every expert must start as a particle (set swarm_size >= number of experts)")
-    utility = TaskUtility(task_obj, experts, split=split, mode=mode)
+    from .memo import memo_stats, memoize, task_generates
+
+    use_memo = task_generates(task_obj) if memo is None else bool(memo)
+    # The memo wrappers only serve the search's evaluations; the ensemble keeps the experts.
+    utility = TaskUtility(task_obj, memoize(experts) if use_memo else experts, split=split, mode=mode)
 
     grid_result: GridResult | None = None
     if plan is not None and plan.grid is not None:
@@ -403,12 +422,14 @@ def _search(experts: list, task_obj: Any, task_ref: str | None, seed: int, plan:
                                                experts, grid_result))
     if out_dir is not None:
         ensemble.save(Path(out_dir) / RECIPE_FILE)
+    stats = memo_stats(utility.experts) if use_memo else None
     if progress:
+        hit = f"; memo hit rate {stats['hit_rate']:.1%}" if stats and stats["hits"] + stats["misses"] else ""
         print(f"swarm search: best {split} utility {res.utility:.4g} after {res.n_evaluations} evaluations "
-              f"({len(res.history) - 1} iterations)", file=sys.stderr)
+              f"({len(res.history) - 1} iterations){hit}", file=sys.stderr)
     return SwarmResult(weights=np.asarray(res.weights, dtype=np.float64), utility=float(res.utility),
                        history=res.history, ensemble=ensemble, search=res, task=task_obj,
-                       grid=grid_result, evaluation_seconds=utility.seconds)
+                       grid=grid_result, evaluation_seconds=utility.seconds, memo=stats)
 
 
 # --------------------------------------------------------------------------------------------
@@ -492,8 +513,8 @@ class CompareResult:
         has_test = any(r.test is not None for r in self.rows)
         n = self.n_examples
         head = (f"task {self.task_name} ({self.task_kind}), {len(self.experts)} experts, mode {self.mode}, "
-                f"seed {self.seed}; dev {n.get('dev', '?')} examples"
-                + (f", test {n.get('test', '?')} examples" if has_test else ""))
+                f"seed {self.seed}; dev {n.get('dev') or '?'} examples"
+                + (f", test {n.get('test') or '?'} examples" if has_test else ""))
         cols = ["method", "dev"] + (["test"] if has_test else []) + ["evals", "weights"]
         body = []
         for r in self.rows:
@@ -534,7 +555,7 @@ def compare(experts: Any, task: Any, seed: int = 0, config: Any = None, mode: st
             budget: int | None = None, baselines: Sequence[str] | None = None,
             out_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
             data_dir: str | os.PathLike | None = None, test_split: str | None = "test",
-            device: str = "cpu") -> CompareResult:
+            device: str = "cpu", memo: bool | None = None) -> CompareResult:
     """Run the swarm search and the baselines on dev, then report every method on test.
 
     Everything that chooses (search, baselines' own tuning, tie-break orders, PackLLM's τ) sees
@@ -542,7 +563,7 @@ def compare(experts: Any, task: Any, seed: int = 0, config: Any = None, mode: st
     report: all weight vectors in one call, plus the model-output baselines.
 
     Args:
-        experts, task, seed, config, mode, resume, progress, data_dir, device: as for
+        experts, task, seed, config, mode, resume, progress, data_dir, device, memo: as for
             :func:`swarm_search`.
         budget: dev evaluations for the budgeted baselines (differential evolution, local and
             random search); default: as many as the search used.
@@ -582,10 +603,12 @@ def compare(experts: Any, task: Any, seed: int = 0, config: Any = None, mode: st
         test_split = None
     run_dir = None if out_dir is None else Path(out_dir) / "search"
     t0 = time.perf_counter()
-    sw = _search(experts, task_obj, task_ref, int(seed), plan, mode, run_dir, resume, progress, "dev")
+    sw = _search(experts, task_obj, task_ref, int(seed), plan, mode, run_dir, resume, progress, "dev", memo)
+    details: dict[str, Any] = {"iterations": len(sw.history) - 1}
+    if sw.memo is not None:
+        details["memo"] = {k: sw.memo[k] for k in ("hits", "misses", "hit_rate")}
     rows = [MethodRow("swarm", _LABELS["swarm"], sw.utility, weights=sw.weights,
-                      n_evaluations=sw.n_evaluations, seconds=time.perf_counter() - t0,
-                      details={"iterations": len(sw.history) - 1})]
+                      n_evaluations=sw.n_evaluations, seconds=time.perf_counter() - t0, details=details)]
     n = len(experts)
     budget = int(budget if budget is not None else max(sw.n_evaluations, 5))
     evaluate = TaskUtility(task_obj, experts, split="dev", mode=mode)
@@ -659,7 +682,7 @@ def compare(experts: Any, task: Any, seed: int = 0, config: Any = None, mode: st
     result = CompareResult(
         task_name=task_obj.name, task_kind=task_obj.kind, mode=mode, seed=int(seed),
         experts=[e.name for e in experts], rows=rows, absent=absent,
-        n_examples={s: len(task_obj.examples(s)) for s in (["dev"] + ([test_split] if test_split else []))},
+        n_examples={s: count_examples(task_obj, s) for s in (["dev"] + ([test_split] if test_split else []))},
         expert_utilities={e.name: (float(singles_dev[i]), None if expert_test is None else float(expert_test[i]))
                           for i, e in enumerate(experts)},
         swarm=sw, seconds=time.perf_counter() - t_all)

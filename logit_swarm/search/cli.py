@@ -44,6 +44,8 @@ def add_pool_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one search setting (value read as YAML), e.g. --set max_iter=20")
     p.add_argument("--device", default="cpu", help="device for the experts (default: cpu)")
+    p.add_argument("--no-memo", action="store_true", help="do not remember the experts' distributions "
+                   "across iterations (on by default for tasks that generate text; results are the same)")
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -166,7 +168,7 @@ def default_run_dir(out: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``search``; returns the exit code."""
-    from .api import _search
+    from .api import _search, count_examples
 
     out = Path(args.out).expanduser()
     run_dir = Path(args.run_dir).expanduser() if args.run_dir else default_run_dir(out)
@@ -179,15 +181,18 @@ def run(args: argparse.Namespace) -> int:
     if plan is not None and plan.config.swarm_size < len(experts):
         raise ValueError(f"swarm_size {plan.config.swarm_size} < {len(experts)} experts; every expert must "
                          f"start as a particle: --set swarm_size={max(len(experts), 2)}")
-    print(f"searching on task {task.name!r} (dev, {len(task.examples('dev'))} examples), "
-          f"run directory {run_dir}", file=sys.stderr)
+    n_dev = count_examples(task, "dev")
+    print(f"searching on task {task.name!r} (dev" + (f", {n_dev} examples" if n_dev else "")
+          + f"), run directory {run_dir}", file=sys.stderr)
     res = _search(experts, task, ref, args.seed, plan, args.mode, run_dir, args.resume,
-                  progress=not args.quiet, split="dev")
+                  progress=not args.quiet, split="dev", memo=False if args.no_memo else None)
     res.ensemble.save(out)
     if args.plots:
         write_plots(res.history, run_dir, [e.name for e in experts], args.mode, task.name)
     print(f"dev utility {res.utility:.6g} after {res.n_evaluations} evaluations "
           f"({len(res.history) - 1} iterations)")
+    if res.memo is not None and res.memo["hits"] + res.memo["misses"]:
+        print(f"memo: {res.memo['hit_rate']:.1%} of expert rows answered without a forward pass")
     for e, w in zip(experts, res.ensemble.weights):
         print(f"  {e.name:24s} {w: .4f}")
     print(f"recipe: {out}")

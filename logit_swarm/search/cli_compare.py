@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     task, ref, experts = load_pool(args)
     res = compare(experts, ref if ref is not None else task, seed=args.seed, config=plan, mode=args.mode,
                   budget=args.budget, baselines=baselines, out_dir=out_dir, resume=args.resume, progress=not args.quiet,
-                  data_dir=args.data, test_split=None if args.no_test else "test")
+                  data_dir=args.data, test_split=None if args.no_test else "test",
+                  memo=False if args.no_memo else None)
     table = res.format_table()
     print(table)
     if out_dir is not None:

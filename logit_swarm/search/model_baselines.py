@@ -204,11 +204,10 @@ def prediction_merge(task: Any, experts: Sequence[Any], split: str = "dev", allo
 
 
 def _prompts(task: Any, split: str) -> list[str]:
-    exs = task.examples(split)
     if hasattr(task, "build_prompt"):
-        return [task.build_prompt(ex) for ex in exs]
+        return [task.build_prompt(ex) for ex in task.examples(split)]
     if getattr(task, "kind", "") == "likelihood":
-        prompts = [ex["context"] for ex in exs]
+        prompts = [ex["context"] for ex in task.examples(split)]
         if not any(prompts):
             raise BaselineUnavailable(f"PackLLM weighs experts by how well they know the prompt; task "
                                       f"{task.name!r} scores text with no prompt")
@@ -334,16 +333,16 @@ def em_targets(task: Any, split: str = "dev") -> tuple[list[str], list[str], boo
     if kind == "likelihood":
         ctx, tgt, _ = task.pairs(split)
         return ctx, tgt, False  # exactly the utility's objective: total log-likelihood
+    if kind not in ("multiple_choice", "exact_match"):
+        raise BaselineUnavailable(f"EM needs target text to score; task {task.name!r} (kind {kind!r}) has none")
     exs = task.examples(split)
     if kind == "multiple_choice":
         ctx = [task.build_prompt(ex) for ex in exs]
         pick = "choices" if getattr(task, "target", "text") == "text" else "labels"
         sep = getattr(task, "separator", " ")
         return ctx, [sep + ex[pick][ex["answer"]] for ex in exs], True
-    if kind == "exact_match":
-        ctx = [task.build_prompt(ex) for ex in exs]
-        return ctx, [_answer_continuation(c, ex) for c, ex in zip(ctx, exs)], True
-    raise BaselineUnavailable(f"EM needs target text to score; task {task.name!r} (kind {kind!r}) has none")
+    ctx = [task.build_prompt(ex) for ex in exs]
+    return ctx, [_answer_continuation(c, ex) for c, ex in zip(ctx, exs)], True
 
 
 def em_task_baseline(task: Any, experts: Sequence[Any], evaluate: Any, split: str = "dev",

@@ -86,6 +86,7 @@ def plot_history(history: str | os.PathLike | Sequence[Mapping[str, Any]], out_d
 
         matplotlib.use("Agg")  # files only; never needs a display
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise PlotsUnavailable("plots need matplotlib: pip install 'logit_swarm[plots]' "
                                "(or pip install matplotlib)") from None
@@ -113,6 +114,7 @@ def plot_history(history: str | os.PathLike | Sequence[Mapping[str, Any]], out_d
     finite_worst = np.isfinite(worst)
     if finite_worst.any():
         ax.plot(it[finite_worst], worst[finite_worst], ":", color="tab:red", label="global worst (all time)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("iteration (0 = initial swarm)")
     ax.set_ylabel("dev utility")
     ax.set_title(f"{prefix}utility per iteration")
@@ -135,6 +137,7 @@ def plot_history(history: str | os.PathLike | Sequence[Mapping[str, Any]], out_d
         ax.plot(it, w[:, :, i], lw=0.8, alpha=0.45)
         ax.plot(it, gw[:, i], color="black", lw=1.8, label="global best")
         ax.set_title(names[i], fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if mode == "probs":
             ax.set_ylim(-0.03, 1.03)
