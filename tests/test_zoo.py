@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from logit_swarm.zoo import build as zbuild
+from logit_swarm.zoo import cache as zcache
 from logit_swarm.zoo import build_zoo, corpora, spec as zspec, zoo_cards, zoo_dir, zoo_experts, zoo_matrix
 from logit_swarm.zoo import train as ztrain
 from logit_swarm.zoo.matrix import diagonal_violations, format_matrix
@@ -278,6 +279,17 @@ def test_build_is_deterministic_and_seeded(tmp_path):
         assert _sha(a[n] / "model.safetensors") != _sha(c[n] / "model.safetensors")
 
 
+@pytest.mark.slow
+def test_parallel_build_matches_serial_build(tmp_path):
+    """Experts trained in worker processes (jobs=2) are byte-identical to in-process ones."""
+    names = ["reason", "code"]
+    serial = build_zoo(tmp_path / "s", size="micro", experts=names, progress=False, jobs=1)
+    parallel = build_zoo(tmp_path / "p", size="micro", experts=names, progress=False, jobs=2)
+    for n in names:
+        assert _sha(serial[n] / "model.safetensors") == _sha(parallel[n] / "model.safetensors")
+    assert zcache.read_marker(tmp_path / "p")["jobs"] == 2
+
+
 def test_build_leaves_global_rng_untouched(tmp_path):
     torch.manual_seed(1234)
     random.seed(99)
@@ -304,27 +316,34 @@ def test_interrupted_build_leaves_no_complete_zoo_and_resumes(tmp_path, monkeypa
     monkeypatch.setattr(ztrain, "train_expert", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         build_zoo(out, size="micro", experts=names, progress=False)
-    assert not (out / zbuild.MARKER).exists()
+    assert not (out / zcache.MARKER).exists()
     assert (out / "facts_a" / "model.safetensors").is_file() and not (out / "facts_b").exists()
     with pytest.raises(FileNotFoundError, match="zoo build"):
         zoo_experts(out, size="micro", experts=names, build=False)
 
     # A crash between writing an expert and moving it into place leaves only a temporary dir.
     monkeypatch.setattr(ztrain, "train_expert", real_train)
-    real_replace = zbuild._replace_dir
-    monkeypatch.setattr(zbuild, "_replace_dir", lambda tmp, target: (_ for _ in ()).throw(OSError("disk full")))
+    real_replace = zcache.replace_dir
+
+    def fail_for_experts(tmp, target):
+        if target.parent == out:  # tokenizers still move into place; the expert does not
+            raise OSError("disk full")
+        return real_replace(tmp, target)
+
+    monkeypatch.setattr(zcache, "replace_dir", fail_for_experts)
     with pytest.raises(OSError):
         build_zoo(out, size="micro", experts=names, progress=False)
-    assert any(".tmp-" in p.name for p in out.iterdir()) and not (out / zbuild.MARKER).exists()
+    assert any(".tmp-" in p.name for p in out.iterdir()) and not (out / zcache.MARKER).exists()
 
-    monkeypatch.setattr(zbuild, "_replace_dir", real_replace)
+    monkeypatch.setattr(zcache, "replace_dir", real_replace)
     first = _sha(out / "facts_a" / "model.safetensors")
     trained = []
-    monkeypatch.setattr(ztrain, "train_expert", lambda spec, *a, **k: trained.append(spec.name) or real_train(spec, *a, **k))
+    monkeypatch.setattr(ztrain, "train_expert",
+                        lambda spec, *a, **k: trained.append(spec.name) or real_train(spec, *a, **k))
     paths = build_zoo(out, size="micro", experts=names, progress=False)
     assert trained == ["facts_b", "math"], "the finished expert is reused"
     assert _sha(paths["facts_a"] / "model.safetensors") == first
-    assert (out / zbuild.MARKER).exists() and not any(".tmp-" in p.name for p in out.iterdir())
+    assert (out / zcache.MARKER).exists() and not any(".tmp-" in p.name for p in out.iterdir())
     assert zoo_experts(out, size="micro", experts=names, build=False) == paths
 
 
@@ -342,7 +361,8 @@ def test_recipe_hash_invalidation(tmp_path, monkeypatch):
     build_zoo(out, size="micro", experts=["facts_a", "math"], progress=False)
     trained = []
     real_train = ztrain.train_expert
-    monkeypatch.setattr(ztrain, "train_expert", lambda spec, *a, **k: trained.append(spec.name) or real_train(spec, *a, **k))
+    monkeypatch.setattr(ztrain, "train_expert",
+                        lambda spec, *a, **k: trained.append(spec.name) or real_train(spec, *a, **k))
     build_zoo(out, size="micro", experts=["facts_a", "math"], progress=False)
     assert trained == [], "an unchanged recipe is reused"
     build_zoo(out, size="micro", experts=["facts_a", "math"], progress=False, steps_scale=2.0)
@@ -354,12 +374,12 @@ def test_recipe_hash_invalidation(tmp_path, monkeypatch):
 
 
 def test_zoo_dir_env_and_default(monkeypatch, tmp_path):
-    monkeypatch.delenv(zbuild.ENV_ZOO, raising=False)
+    monkeypatch.delenv(zcache.ENV_ZOO, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     d = zoo_dir("micro", seed=0)
     assert d.parent == tmp_path / "logit_swarm" / "zoo" and d.name.startswith("micro-")
     assert zoo_dir("micro", seed=1) != d
-    monkeypatch.setenv(zbuild.ENV_ZOO, str(tmp_path / "mine"))
+    monkeypatch.setenv(zcache.ENV_ZOO, str(tmp_path / "mine"))
     assert zoo_dir("micro") == tmp_path / "mine"
 
 
@@ -390,7 +410,8 @@ def test_tiny_zoo_spec_meets_the_budget_shape():
     assert len(byte_sizes) >= 2 and any(t.kind == "sp_bpe" for t in toks.values())
     by_name = {s.name: s for s in specs}
     a, b = by_name["facts_a"], by_name["facts_b"]
-    assert a.tokenizer == b.tokenizer and (a.arch, a.d_model, a.n_layers, a.steps) == (b.arch, b.d_model, b.n_layers, b.steps)
+    assert a.tokenizer == b.tokenizer
+    assert (a.arch, a.d_model, a.n_layers, a.steps) == (b.arch, b.d_model, b.n_layers, b.steps)
     assert all(s.seq_len <= 512 and 512 <= ztrain.MAX_POSITIONS for s in specs)
 
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .build import ENV_ZOO, Plan, cache_root, is_complete, read_card, read_marker
+from .build import Plan, is_complete
 from .build import build as _build
+from .cache import ENV_ZOO, cache_root, read_card, read_marker
 
 __all__ = ["build_zoo", "zoo_dir", "zoo_experts", "zoo_matrix", "zoo_cards", "ENV_ZOO", "cache_root"]
 
@@ -29,18 +30,20 @@ __all__ = ["build_zoo", "zoo_dir", "zoo_experts", "zoo_matrix", "zoo_cards", "EN
 def build_zoo(out: str | os.PathLike | None = None, size: str = "tiny", device: str = "cpu", seed: int = 0,
               data_dir: str | os.PathLike | None = None, experts: list[str] | None = None,
               progress: bool = True, *, steps_scale: float = 1.0, force: bool = False,
-              threads: int | None = None) -> dict[str, Path]:
+              threads: int | None = None, jobs: int | None = None) -> dict[str, Path]:
     """Build the zoo (or reuse a complete cached one) and return expert name -> directory.
 
     ``out`` defaults to ``zoo_dir(...)``. ``experts`` builds a subset (e.g. ``["facts_a",
     "facts_b"]``); ``steps_scale`` multiplies every expert's training steps (``0.02`` gives a
     fast, barely trained zoo for tests); both change the recipe hash, so they never overwrite
     the full zoo's cache entry. ``data_dir`` adds the experts that need external data
-    (``bard`` on Tiny Shakespeare). ``force`` rebuilds everything. ``threads`` sets torch's
-    CPU threads during the build (weights are reproducible for a fixed thread count).
+    (``bard`` on Tiny Shakespeare). ``force`` rebuilds everything. ``jobs`` experts train at
+    once in separate processes (default: one per CPU core, up to 8; 1 for ``micro`` and CUDA);
+    ``threads`` is torch's CPU threads per expert (default 1, so the weights do not depend on
+    ``jobs``). Same seed and settings give byte-identical ``model.safetensors``.
     """
     plan = Plan(size, seed, data_dir, experts, steps_scale)
-    return _build(plan, out, device=device, progress=progress, force=force, threads=threads)
+    return _build(plan, out, device=device, progress=progress, force=force, threads=threads, jobs=jobs)
 
 
 def zoo_dir(size: str = "tiny", seed: int = 0, data_dir: str | os.PathLike | None = None,

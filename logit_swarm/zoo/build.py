@@ -1,18 +1,10 @@
-"""Building the zoo: tokenizers, experts, model cards, and the on-disk cache.
+"""Building the zoo: resolve a plan, train tokenizers, train experts (in parallel), mark complete.
 
-Layout of a zoo directory::
-
-    <zoo>/zoo.json              completion marker, written last (recipe hash, experts, timings)
-    <zoo>/<expert>/             one standard HF directory per expert: config.json,
-                                model.safetensors, generation_config.json, tokenizer.json,
-                                tokenizer_config.json, special_tokens_map.json, card.json, README.md
-    <zoo>/_tokenizers/<name>/   each trained tokenizer once (experts copy its files)
-
-Crash safety: every expert (and tokenizer) is written to a temporary directory next to its
-target and moved into place with ``os.replace``; ``zoo.json`` is removed before anything is
-rebuilt and written (atomically) only after every expert is in place, so a partly built zoo is
-never taken for a complete one. An interrupted build resumes: experts whose ``card.json``
-carries the current recipe hash are kept. A lock file serialises concurrent builds of one zoo.
+A build resumes: experts whose ``card.json`` carries the current recipe hash are kept, the
+others are trained, each in its own process with one CPU thread (``jobs`` at a time), written to
+a temporary directory and moved into place atomically. The completion marker is written last
+(see :mod:`logit_swarm.zoo.cache`). One thread per expert makes the weights independent of how
+many experts train side by side, and is also the fastest use of a small CPU for models this size.
 """
 
 from __future__ import annotations
@@ -21,47 +13,36 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
+import queue as queue_mod
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from . import corpora, spec as zspec
-from .spec import ExpertSpec, ZOO_VERSION
+from . import cache, corpora, spec as zspec
+from .cards import make_card, render_readme, summary_table, versions
+from .spec import ExpertSpec
 from .vocab import TOKENIZER_FILES, TokenizerSpec, encode_documents, train_tokenizer, write_tokenizer
 
-ENV_ZOO = "LOGIT_SWARM_ZOO"
-MARKER = "zoo.json"
-TOKENIZER_DIR = "_tokenizers"
 TOKENIZER_TEXT_SEED = 0  # tokenizers do not depend on the build seed
 
 
-# ------------------------------------------------------------------------------------------
-# Where the zoo lives
-
-
-def cache_root() -> Path:
-    """``$XDG_CACHE_HOME/logit_swarm/zoo`` (default ``~/.cache/logit_swarm/zoo``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "logit_swarm" / "zoo"
-
-
 class Plan:
-    """Everything a build needs to know, resolved up front (specs, hashes, directory)."""
+    """Everything a build needs, resolved up front: specs, recipe hashes, default directory."""
 
     def __init__(self, size: str = "tiny", seed: int = 0, data_dir: str | os.PathLike | None = None,
                  experts: list[str] | None = None, steps_scale: float = 1.0):
         zspec.check_size(size)
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        if not (steps_scale > 0):
+        if not (isinstance(steps_scale, (int, float)) and steps_scale > 0):
             raise ValueError(f"steps_scale must be > 0, got {steps_scale!r}")
         if data_dir is not None and not Path(data_dir).is_dir():
             raise FileNotFoundError(f"data directory {str(data_dir)!r} does not exist; drop --data "
                                     "(the zoo needs none) or point it at a folder with tinyshakespeare/")
         self.size, self.seed, self.steps_scale = size, seed, float(steps_scale)
+        self.zoo_version = zspec.ZOO_VERSION
         self.data_dir = str(Path(data_dir).resolve()) if data_dir is not None else None
         with_data = self.data_dir is not None and (Path(self.data_dir) / "tinyshakespeare" / "input.txt").is_file()
         self.experts: list[ExpertSpec] = zspec.select(zspec.expert_specs(size, with_data), experts)
@@ -77,10 +58,10 @@ class Plan:
 
     def default_dir(self) -> Path:
         """``$LOGIT_SWARM_ZOO`` if set, else ``<cache root>/<size>-<recipe hash>``."""
-        env = os.environ.get(ENV_ZOO)
+        env = os.environ.get(cache.ENV_ZOO)
         if env:
             return Path(env).expanduser()
-        return cache_root() / f"{self.size}-{self.zoo_hash[:12]}"
+        return cache.cache_root() / f"{self.size}-{self.zoo_hash[:12]}"
 
     def steps(self, s: ExpertSpec) -> int:
         """Training steps of ``s`` after ``steps_scale`` (at least 1)."""
@@ -96,90 +77,25 @@ def expert_seed(seed: int, name: str) -> int:
 # Completion
 
 
-def read_marker(out: Path) -> dict | None:
-    """The zoo's completion marker, or None if absent or unreadable."""
-    try:
-        return json.loads((Path(out) / MARKER).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def read_card(expert_dir: Path) -> dict | None:
-    """An expert's ``card.json``, or None if absent or unreadable."""
-    try:
-        return json.loads((Path(expert_dir) / "card.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError, NotADirectoryError):
-        return None
-
-
-def _expert_ok(d: Path, recipe_hash: str) -> bool:
-    card = read_card(d)
+def expert_is_current(d: Path, recipe_hash: str) -> bool:
+    """Whether ``d`` is a finished expert directory of recipe ``recipe_hash``."""
+    card = cache.read_card(d)
     if not card or card.get("recipe_hash") != recipe_hash:
         return False
     return all((d / f).is_file() for f in ("config.json", "model.safetensors") + TOKENIZER_FILES)
 
 
 def is_complete(out: Path, plan: Plan) -> bool:
-    """Whether ``out`` holds the complete zoo of ``plan`` (marker last, every expert current)."""
-    m = read_marker(out)
+    """Whether ``out`` holds the complete zoo of ``plan`` (marker present, every expert current)."""
+    m = cache.read_marker(out)
     if not m or m.get("zoo_hash") != plan.zoo_hash:
         return False
-    return all(_expert_ok(Path(out) / s.name, plan.expert_hashes[s.name]) for s in plan.experts)
+    return all(expert_is_current(Path(out) / s.name, plan.expert_hashes[s.name]) for s in plan.experts)
 
 
 def paths_of(out: Path, plan: Plan) -> dict[str, Path]:
     """Expert name -> directory, in zoo order."""
     return {s.name: Path(out) / s.name for s in plan.experts}
-
-
-# ------------------------------------------------------------------------------------------
-# Atomic file system helpers
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    # os.replace cannot overwrite a non-empty directory: move the old one aside first, so the
-    # target is at every instant either the complete old or the complete new directory
-    # (a crash in between leaves it absent, which the next build repairs).
-    if target.exists():
-        if read_card(target) is None and any(target.iterdir()):
-            raise ValueError(f"{target} exists and is not a zoo expert; choose another --out")
-        trash = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, trash)
-        os.replace(tmp, target)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-
-
-@contextlib.contextmanager
-def _lock(out: Path) -> Iterator[None]:
-    """An exclusive lock on ``out`` (POSIX flock; a no-op where unavailable)."""
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(out / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _clean_leftovers(out: Path) -> None:
-    # Temporary directories of a crashed build: ".<name>.tmp-<pid>" / ".<name>.old-<pid>".
-    for d in list(out.iterdir()) + (list((out / TOKENIZER_DIR).iterdir()) if (out / TOKENIZER_DIR).is_dir() else []):
-        if d.name.startswith(".") and (".tmp-" in d.name or ".old-" in d.name):
-            shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -195,8 +111,8 @@ def tokenizer_texts(tok: TokenizerSpec, data_dir: str | None) -> list[str]:
         if specialty in ("code", "shakespeare"):
             docs = corpora.training_documents(specialty, 0, TOKENIZER_TEXT_SEED, data_dir, max_chars=chars)
         else:
-            # Synthetic documents are 20-80 characters; ask for enough, then cut to the budget.
-            docs = corpora.training_documents(specialty, max(16, chars // 20), TOKENIZER_TEXT_SEED, data_dir)
+            # Synthetic documents are 7-120 characters; ask for enough, then cut to the budget.
+            docs = corpora.training_documents(specialty, max(16, chars // 7), TOKENIZER_TEXT_SEED, data_dir)
         total = 0
         for d in docs:
             if total >= chars:
@@ -207,54 +123,65 @@ def tokenizer_texts(tok: TokenizerSpec, data_dir: str | None) -> list[str]:
 
 
 def ensure_tokenizer(out: Path, name: str, plan: Plan):
-    """The trained tokenizer ``name`` of ``plan``, from ``<out>/_tokenizers`` or trained now."""
+    """(tokenizer, directory) of ``plan``'s tokenizer ``name``: from ``<out>/_tokenizers`` or trained now."""
     from tokenizers import Tokenizer
 
     spec = plan.tokenizers[name]
     h = plan.tokenizer_hashes[name]
-    target = out / TOKENIZER_DIR / name
+    target = out / cache.TOKENIZER_DIR / name
     stamp = target / "recipe_hash"
-    if stamp.is_file() and stamp.read_text().strip() == h and (target / "tokenizer.json").is_file():
-        return Tokenizer.from_file(str(target / "tokenizer.json")), target
-    tok = train_tokenizer(spec, tokenizer_texts(spec, plan.data_dir))
-    tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_tokenizer(tok, spec, tmp)
-    (tmp / "recipe_hash").write_text(h + "\n")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    # Reload from disk so every expert uses exactly what the files say.
+    if not (stamp.is_file() and stamp.read_text().strip() == h and (target / "tokenizer.json").is_file()):
+        tok = train_tokenizer(spec, tokenizer_texts(spec, plan.data_dir))
+        tmp = cache.temp_dir_for(target)
+        write_tokenizer(tok, spec, tmp)
+        (tmp / "recipe_hash").write_text(h + "\n")
+        cache.replace_dir(tmp, target)
+    # Always load from disk, so every expert uses exactly what the files say.
     return Tokenizer.from_file(str(target / "tokenizer.json")), target
 
 
 # ------------------------------------------------------------------------------------------
-# Experts
+# One expert
 
 
-def expert_documents(s: ExpertSpec, tokens_needed: int, seed: int, data_dir: str | None) -> list[tuple[str, list[str]]]:
-    """(specialty, documents) for each part of ``s.corpus``, enough for ``tokens_needed`` tokens."""
+def expert_documents(s: ExpertSpec, docs_needed: int, seed: int, data_dir: str | None) -> list[tuple[str, list[str]]]:
+    """(specialty, documents) for each part of ``s.corpus``, about ``docs_needed`` in all.
+
+    Synthetic specialties are sampled (2k to 60k distinct documents; training draws from them
+    with replacement); finite corpora (code, Shakespeare) are cut to about 1000 characters per
+    document a run draws (at least 100k characters).
+    """
     out = []
+    total = sum(w for _, w in s.corpus)
     for i, (specialty, weight) in enumerate(s.corpus):
-        share = weight / sum(w for _, w in s.corpus)
-        need = int(tokens_needed * share)
+        need = max(1, int(docs_needed * weight / total))
         if specialty in ("code", "shakespeare"):
-            # ~3 characters per token; finite corpora are cut, not repeated.
-            docs = corpora.training_documents(specialty, 0, seed + i, data_dir, max_chars=max(200_000, 3 * need))
+            docs = corpora.training_documents(specialty, 0, seed + i, data_dir, max_chars=max(100_000, 1000 * need))
         else:
-            # Synthetic documents are ~10-25 tokens; more distinct documents than windows need.
-            docs = corpora.training_documents(specialty, min(60_000, max(2_000, need // 12)), seed + i, data_dir)
+            docs = corpora.training_documents(specialty, min(60_000, max(2_000, need)), seed + i, data_dir)
         out.append((specialty, docs))
     return out
 
 
-def _param_count(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' own progress bars and warnings (our bars are the progress report)."""
+    from transformers.utils import logging as tf_logging
+
+    was_bar, level = tf_logging.is_progress_bar_enabled(), tf_logging.get_verbosity()
+    tf_logging.disable_progress_bar()
+    tf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tf_logging.set_verbosity(level)
+        if was_bar:
+            tf_logging.enable_progress_bar()
 
 
-def build_expert(out: Path, s: ExpertSpec, plan: Plan, device: str, progress: bool) -> dict:
-    """Train expert ``s`` and move its finished directory into ``out``; returns its card."""
+def build_expert(out: Path, s: ExpertSpec, plan: Plan, device: str = "cpu",
+                 on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Train expert ``s``, move its finished directory into ``out``, return its card."""
     from . import train as ztrain
 
     t0 = time.time()
@@ -262,155 +189,211 @@ def build_expert(out: Path, s: ExpertSpec, plan: Plan, device: str, progress: bo
     tspec = plan.tokenizers[s.tokenizer]
     seed = expert_seed(plan.seed, s.name)
     steps = plan.steps(s)
-    parts = expert_documents(s, steps * s.batch * (s.seq_len + 1), seed, plan.data_dir)
     docs, weights, corpus_card = [], [], []
-    for (specialty, texts), (_, w) in zip(parts, s.corpus):
+    for (specialty, texts), (_, w) in zip(expert_documents(s, steps * s.batch, seed, plan.data_dir), s.corpus):
         ids = encode_documents(tok, tspec, texts)
         docs += ids
         weights += [w / len(ids)] * len(ids)
         corpus_card.append({"specialty": specialty, "weight": w, "documents": len(ids),
                             "tokens": int(sum(map(len, ids))), "characters": int(sum(map(len, texts)))})
-    stream = ztrain.pack_documents(docs, weights, s.seq_len)
     sp = tspec.specials
-    config = ztrain.model_config(s, tok.get_vocab_size(with_added_tokens=True), tok.token_to_id(sp["bos"]),
-                                 tok.token_to_id(sp["eos"]), tok.token_to_id(sp["pad"]))
-    result = ztrain.train_expert(s, config, stream, steps, seed, device=device, progress=progress)
-
-    tmp = out / f".{s.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    with _quiet_transformers():
+    bos, eos, pad = (tok.token_to_id(sp[k]) for k in ("bos", "eos", "pad"))
+    data = ztrain.DocumentSet.build(docs, weights, pad, prefix_id=None if tspec.adds_bos else eos)
+    config = ztrain.model_config(s, tok.get_vocab_size(with_added_tokens=True), bos, eos, pad)
+    with quiet_transformers():
+        result = ztrain.train_expert(s, config, data, steps, seed, device=device, on_step=on_step)
+        tmp = cache.temp_dir_for(out / s.name)
         result.model.save_pretrained(tmp)
     for f in TOKENIZER_FILES:
         shutil.copyfile(tok_dir / f, tmp / f)
-    card = _card(s, plan, tspec, result, corpus_card, seed, device, time.time() - t0, _param_count(result.model))
+    card = make_card(spec=s, tokenizer_spec=tspec, plan=plan, result=result, corpus=corpus_card,
+                     expert_seed=seed, device=device, seconds=time.time() - t0,
+                     parameters=sum(p.numel() for p in result.model.parameters()),
+                     architecture=type(result.model).__name__)
     (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (tmp / "README.md").write_text(render_readme(card), encoding="utf-8")
-    _replace_dir(tmp, out / s.name)
+    cache.replace_dir(tmp, out / s.name)
     return card
 
 
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' own progress bars (our per-expert bar is the progress report)."""
-    from transformers.utils import logging as tf_logging
-
-    was = tf_logging.is_progress_bar_enabled()
-    tf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            tf_logging.enable_progress_bar()
+# ------------------------------------------------------------------------------------------
+# Progress
 
 
-def _versions() -> dict:
-    import tokenizers
+class _Bars:
+    """One tqdm bar per expert on stderr (or nothing when progress is off)."""
+
+    def __init__(self, plan: Plan, names: list[str], enabled: bool):
+        self.bars = {}
+        if not enabled:
+            return
+        from tqdm.auto import tqdm
+
+        for i, n in enumerate(names):
+            s = next(x for x in plan.experts if x.name == n)
+            self.bars[n] = tqdm(total=plan.steps(s), desc=f"{n:>8}", unit="step", file=sys.stderr,
+                                position=i, leave=True, dynamic_ncols=True, mininterval=0.5)
+
+    def update(self, name: str, step: int, loss: float) -> None:
+        """Show that expert ``name`` finished step ``step`` with training loss ``loss``."""
+        bar = self.bars.get(name)
+        if bar is not None:
+            bar.n = step + 1
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            bar.refresh()
+
+    def close(self) -> None:
+        """Close every bar (they stay on screen)."""
+        for bar in self.bars.values():
+            bar.close()
+
+
+# ------------------------------------------------------------------------------------------
+# Parallel training
+
+
+_PROGRESS = None  # the parent's progress queue, set in each worker by _worker_init
+
+
+def _worker_init(threads: int, progress_queue) -> None:
+    import signal
+
     import torch
-    import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
-
-
-def _card(s: ExpertSpec, plan: Plan, tspec: TokenizerSpec, result, corpus_card, seed, device, seconds, params) -> dict:
-    return {
-        "name": s.name,
-        "zoo_version": ZOO_VERSION,
-        "recipe_hash": plan.expert_hashes[s.name],
-        "architecture": type(result.model).__name__,
-        "model_type": s.arch,
-        "parameters": params,
-        "d_model": s.d_model, "layers": s.n_layers, "heads": s.n_heads,
-        "specialty": s.specialty,
-        "note": s.note,
-        "tokenizer": {"name": tspec.name, "kind": tspec.kind, "vocab_size": tspec.vocab_size,
-                      "description": tspec.describe(), "recipe_hash": plan.tokenizer_hashes[tspec.name]},
-        "vocab_size": tspec.vocab_size,
-        "training": {"corpus": corpus_card, "steps": result.steps, "batch": s.batch, "seq_len": s.seq_len,
-                     "lr": s.lr, "tokens_seen": result.tokens_seen, "first_loss": round(result.first_loss, 4),
-                     "final_loss": round(result.final_loss, 4), "seed": plan.seed, "expert_seed": seed,
-                     "size": plan.size, "steps_scale": plan.steps_scale, "device": device,
-                     "threads": result.threads, "train_seconds": round(result.seconds, 2)},
-        "build_seconds": round(seconds, 2),
-        "versions": _versions(),
-    }
+    global _PROGRESS
+    # Ctrl-C is the parent's business: it terminates the workers, whose writes are atomic.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    _PROGRESS = progress_queue
 
 
-def render_readme(card: dict) -> str:
-    """The human-readable model card (README.md) of an expert."""
-    t = card["training"]
-    corpus = "; ".join(f"{c['specialty']} ({c['documents']} documents, {c['tokens']} tokens)" for c in t["corpus"])
-    return (
-        f"# {card['name']}\n\n"
-        f"A tiny expert of the logit_swarm zoo ({card['zoo_version']}), trained from scratch on "
-        f"data generated on this machine. {card['note'][:1].upper() + card['note'][1:]}.\n\n"
-        f"| field | value |\n|---|---|\n"
-        f"| architecture | {card['architecture']} ({card['model_type']}), d_model {card['d_model']}, "
-        f"{card['layers']} layers, {card['heads']} heads |\n"
-        f"| parameters | {card['parameters']:,} |\n"
-        f"| tokenizer | {card['tokenizer']['name']}: {card['tokenizer']['description']} |\n"
-        f"| vocabulary size | {card['vocab_size']} |\n"
-        f"| specialty | {card['specialty']} |\n"
-        f"| training corpus | {corpus} |\n"
-        f"| steps | {t['steps']} x {t['batch']} x {t['seq_len']} tokens, AdamW lr {t['lr']} |\n"
-        f"| loss | {t['first_loss']} -> {t['final_loss']} (nats/token) |\n"
-        f"| seed | {t['seed']} (expert seed {t['expert_seed']}) |\n"
-        f"| build time | {card['build_seconds']} s on {t['device']} ({t['threads']} threads) |\n"
-        f"| recipe hash | `{card['recipe_hash'][:16]}` |\n\n"
-        "Load with `transformers.AutoModelForCausalLM.from_pretrained(dir)` and "
-        "`AutoTokenizer.from_pretrained(dir)`.\n"
-    )
+def _worker_build(out: str, plan: Plan, name: str, device: str) -> dict:
+    s = next(x for x in plan.experts if x.name == name)
+    last = plan.steps(s) - 1
+
+    def on_step(step: int, loss: float) -> None:
+        if _PROGRESS is not None and (step % 5 == 0 or step == last):
+            _PROGRESS.put((name, step, loss))
+
+    return build_expert(Path(out), s, plan, device, on_step)
+
+
+def _cost(s: ExpertSpec, plan: Plan) -> float:
+    # Rough training FLOPs, to start the longest jobs first.
+    return plan.steps(s) * s.batch * s.n_layers * s.d_model ** 2 * (1 + s.d_model / 128)
+
+
+def _train_parallel(out: Path, plan: Plan, todo: list[ExpertSpec], device: str, jobs: int, threads: int,
+                    bars: _Bars) -> dict[str, dict]:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # fork after torch has started threads is unsafe
+    q = ctx.Queue() if bars.bars else None
+    pool = ctx.Pool(processes=jobs, initializer=_worker_init, initargs=(threads, q))
+    cards: dict[str, dict] = {}
+    try:
+        pending = {s.name: pool.apply_async(_worker_build, (str(out), plan, s.name, device))
+                   for s in sorted(todo, key=lambda s: -_cost(s, plan))}
+        while pending:
+            time.sleep(0.2)
+            _drain(q, bars)
+            for name in [n for n, r in pending.items() if r.ready()]:
+                cards[name] = pending.pop(name).get()  # re-raises a worker's error here
+        _drain(q, bars)
+        pool.close()
+    except BaseException:
+        # An error or Ctrl-C: stop every worker now. Finished experts are in place and will be
+        # reused; an expert cut short leaves at most a temporary directory, removed next time.
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+    return cards
+
+
+def _drain(q, bars: _Bars) -> None:
+    if q is None:
+        return
+    while True:
+        try:
+            name, step, loss = q.get_nowait()
+        except queue_mod.Empty:
+            return
+        bars.update(name, step, loss)
 
 
 # ------------------------------------------------------------------------------------------
 # The whole zoo
 
 
-def _remove_stale(out: Path, plan: Plan) -> None:
-    # Expert directories of an older recipe that this one no longer has (only our own, i.e.
-    # directories with a zoo card; nothing else in `out` is touched).
-    names = {s.name for s in plan.experts}
-    for d in out.iterdir():
-        if d.is_dir() and not d.name.startswith((".", "_")) and d.name not in names:
-            card = read_card(d)
-            if card and "zoo_version" in card:
-                shutil.rmtree(d)
+def default_jobs(plan: Plan, device: str, n_todo: int) -> int:
+    """Parallel training processes: one per CPU core (at most 8), one on a GPU or for micro."""
+    if device != "cpu" or plan.size == "micro":
+        return 1
+    return max(1, min(n_todo, os.cpu_count() or 1, 8))
 
 
 def build(plan: Plan, out: str | os.PathLike | None = None, device: str = "cpu", progress: bool = True,
-          force: bool = False, threads: int | None = None) -> dict[str, Path]:
-    """Build (or reuse) the zoo of ``plan`` in ``out``; returns expert name -> directory."""
+          force: bool = False, threads: int | None = None, jobs: int | None = None) -> dict[str, Path]:
+    """Build (or reuse) the zoo of ``plan`` in ``out``; returns expert name -> directory.
+
+    ``jobs`` experts train at once, each in its own process (``jobs=1``: in this process);
+    ``threads`` is torch's CPU threads per expert (default 1 on CPU: identical weights whatever
+    ``jobs`` is; on CUDA the default leaves torch's setting alone).
+    """
     device = _check_device(device)
     out = Path(out).expanduser() if out is not None else plan.default_dir()
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a directory")
     if not force and is_complete(out, plan):
         return paths_of(out, plan)
+    if threads is None and device == "cpu":
+        threads = 1
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     t0 = time.time()
-    with _lock(out), _threads(threads):
+    with cache.locked(out):
         if not force and is_complete(out, plan):  # another process finished it while we waited
             return paths_of(out, plan)
-        (out / MARKER).unlink(missing_ok=True)  # from here on the zoo is incomplete
-        _clean_leftovers(out)
-        _remove_stale(out, plan)
+        (out / cache.MARKER).unlink(missing_ok=True)  # from here on the zoo is incomplete
+        cache.clean_leftovers(out)
+        cache.remove_stale_experts(out, {s.name for s in plan.experts})
         cards: dict[str, dict] = {}
+        todo = []
         for s in plan.experts:
             d = out / s.name
-            if not force and _expert_ok(d, plan.expert_hashes[s.name]):
-                cards[s.name] = read_card(d)
-                cards[s.name]["_reused"] = True
-                continue
-            cards[s.name] = build_expert(out, s, plan, device, progress)
-        write_json_atomic(out / MARKER, {
-            "complete": True, "zoo_version": ZOO_VERSION, "order": [s.name for s in plan.experts], "zoo_hash": plan.zoo_hash, "size": plan.size,
-            "seed": plan.seed, "steps_scale": plan.steps_scale, "data_dir": plan.data_dir,
+            if not force and expert_is_current(d, plan.expert_hashes[s.name]):
+                cards[s.name] = {**cache.read_card(d), "_reused": True}
+            else:
+                todo.append(s)
+        # Tokenizers first (shared by several experts; the workers then only read them).
+        for name in dict.fromkeys(s.tokenizer for s in todo):
+            ensure_tokenizer(out, name, plan)
+        n_jobs = jobs or default_jobs(plan, device, len(todo))
+        bars = _Bars(plan, [s.name for s in todo], progress)
+        try:
+            if n_jobs > 1 and len(todo) > 1:
+                cards.update(_train_parallel(out, plan, todo, device, n_jobs, threads or 1, bars))
+            else:
+                with _threads(threads):
+                    for s in todo:
+                        cards[s.name] = build_expert(out, s, plan, device,
+                                                     lambda step, loss, n=s.name: bars.update(n, step, loss))
+        finally:
+            bars.close()
+        cache.write_json_atomic(out / cache.MARKER, {
+            "complete": True, "zoo_version": plan.zoo_version, "zoo_hash": plan.zoo_hash,
+            "order": [s.name for s in plan.experts], "size": plan.size, "seed": plan.seed,
+            "steps_scale": plan.steps_scale, "data_dir": plan.data_dir,
             "experts": {s.name: {"path": s.name, "recipe_hash": plan.expert_hashes[s.name],
                                  "specialty": s.specialty, "architecture": s.arch, "tokenizer": s.tokenizer}
                         for s in plan.experts},
-            "build_seconds": round(time.time() - t0, 2), "versions": _versions(),
+            "jobs": n_jobs, "threads": threads, "build_seconds": round(time.time() - t0, 2), "versions": versions(),
         })
     if progress:
-        print(summary_table(cards), file=sys.stderr)
+        print(summary_table({s.name: cards[s.name] for s in plan.experts}), file=sys.stderr)
         print(f"zoo ready in {out} ({time.time() - t0:.1f} s)", file=sys.stderr)
     return paths_of(out, plan)
 
@@ -432,25 +415,9 @@ def _threads(n: int | None) -> Iterator[None]:
     if n is None:
         yield
         return
-    if n < 1:
-        raise ValueError(f"threads must be >= 1, got {n}")
     old = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(old)
-
-
-def summary_table(cards: dict[str, dict]) -> str:
-    """A fixed-width table of the built (or reused) experts."""
-    rows = [("expert", "arch", "tokenizer", "vocab", "specialty", "params", "steps", "loss", "seconds")]
-    for name, c in cards.items():
-        t = c["training"]
-        secs = "cached" if c.get("_reused") else f"{c['build_seconds']:.1f}"
-        rows.append((name, c["model_type"], c["tokenizer"]["name"], str(c["vocab_size"]), c["specialty"],
-                     f"{c['parameters'] / 1e6:.2f}M", str(t["steps"]), f"{t['final_loss']:.3f}", secs))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

@@ -34,7 +34,9 @@ def register(subparsers) -> None:
     b.add_argument("--experts", metavar="A,B", help="build only these experts (comma-separated)")
     b.add_argument("--steps-scale", type=float, default=1.0, metavar="F",
                    help="multiply every expert's training steps (e.g. 0.02 for a fast test zoo)")
-    b.add_argument("--threads", type=int, metavar="N", help="torch CPU threads during the build")
+    b.add_argument("--jobs", type=int, metavar="N",
+                   help="experts trained at once, one process each (default: CPU cores, at most 8)")
+    b.add_argument("--threads", type=int, metavar="N", help="torch CPU threads per expert (default 1 on CPU)")
     b.add_argument("--force", action="store_true", help="rebuild even if a complete zoo exists")
     b.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     b.set_defaults(func=_cmd_build)
@@ -70,7 +72,8 @@ def _cmd_build(args) -> int:
 
     paths = build_zoo(out=args.out, size=args.size, device=args.device, seed=args.seed, data_dir=args.data,
                       experts=_experts_arg(args.experts), progress=not args.quiet,
-                      steps_scale=args.steps_scale, force=args.force, threads=args.threads)
+                      steps_scale=args.steps_scale, force=args.force, threads=args.threads,
+                      jobs=args.jobs)
     root = Path(next(iter(paths.values()))).parent
     print(root)
     return 0
@@ -83,7 +86,7 @@ def _cards(args) -> dict[str, dict]:
 
 
 def _cmd_list(args) -> int:
-    from .build import summary_table
+    from .cards import summary_table
 
     cards = _cards(args)
     if args.json:
@@ -101,7 +104,7 @@ def _cmd_list(args) -> int:
 
 def _cmd_matrix(args) -> int:
     from . import zoo_matrix
-    from .build import read_marker
+    from .cache import read_marker
     from .matrix import diagonal_violations, format_matrix
 
     cards = _cards(args)  # fails early, with the build hint, when the zoo is missing

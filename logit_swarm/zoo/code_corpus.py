@@ -95,6 +95,13 @@ def _split_chunks(root: str | None = None) -> tuple[tuple[tuple[str, ...], ...],
     return tuple(train), tuple(held)
 
 
+def file_chunks(split: str, root: str | None = None) -> tuple[tuple[str, ...], ...]:
+    """The chunks of every ``"train"`` or ``"heldout"`` file, file by file in corpus order."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"unknown code split {split!r}; use 'train' or 'heldout'")
+    return _split_chunks(root)[0 if split == "train" else 1]
+
+
 def code_chunks(split: str, max_chars_total: int | None = None, root: str | None = None) -> list[str]:
     """Code chunks of the ``"train"`` or ``"heldout"`` files.
 

@@ -9,7 +9,7 @@ Specialties (what an expert is trained on, and a column of the specialisation ma
 facts_a        facts about half A of an invented world: ``Q: What is the capital of Dugleam?``
                ``\\nA: Skeadri`` (see :mod:`logit_swarm.zoo.world`)
 facts_b        the same kind of facts about the disjoint half B
-arithmetic     ``12+7=19``, ``31-4=27`` (operands 0..49)
+arithmetic     ``12+7=19``, ``17-4=13`` (operands 0..19, ``MAX_OPERAND``)
 reasoning      list sorting (``Sort: 7 2 9 4\\nSorted: 2 4 7 9``) and graph connectivity
                (``Graph: 0-1 2-3\\nIs 0 connected to 3?\\nAnswer: no``)
 dialogue       templated single-turn chats, ``User: ...\\nAssistant: ...`` (see ``render_chat``)
@@ -50,7 +50,7 @@ DATA_SPECIALTIES: tuple[str, ...] = ("shakespeare",)
 """Specialties that need ``data_dir`` (``DIR/tinyshakespeare/input.txt``)."""
 
 SPLITS = ("dev", "test")
-MAX_OPERAND = 49
+MAX_OPERAND = 19  # 0..49 was not learnable by the tiny math expert within its budget (<15%)
 N_GRAPH_NODES = 6
 
 
@@ -70,7 +70,7 @@ _OPEN_DIALOGUE = ("User: Hello! My name is", "User: Please repeat after me:")
 
 
 def _status(specialty: str, prompt: str) -> str:
-    """"train", "heldout" or "both": where a problem may appear."""
+    """Where a problem may appear: "train", "heldout" or "both"."""
     if specialty == "dialogue" and not prompt.startswith(_OPEN_DIALOGUE):
         return "both"
     return "heldout" if _is_heldout(prompt, _HELDOUT_EVERY[specialty]) else "train"
@@ -388,8 +388,7 @@ def heldout_text(specialty: str, n: int | None = None, data_dir: str | Path | No
     elif specialty == "code":
         # One chunk per held-out file (a fixed choice) spreads the text over the library.
         rng = random.Random(1)
-        files = code_corpus._split_chunks()[1]
-        docs = [rng.choice(chunks) for chunks in files]
+        docs = [rng.choice(chunks) for chunks in code_corpus.file_chunks("heldout")]
     elif specialty == "shakespeare":
         _, docs = _shakespeare_speeches(data_dir)
     else:
@@ -423,7 +422,7 @@ TASKS: dict[str, TaskInfo] = {t.name: t for t in [
     TaskInfo("facts_b", "exact_match", ("exact_match", "multiple_choice"), ("facts_b",),
              "recall facts of half B"),
     TaskInfo("arithmetic", "exact_match", ("exact_match", "multiple_choice"), ("math",),
-             "two-operand addition and subtraction, operands 0..49, held-out problems"),
+             f"two-operand addition and subtraction, operands 0..{MAX_OPERAND}, held-out problems"),
     TaskInfo("sorting", "exact_match", ("exact_match", "multiple_choice"), ("reason",),
              "sort 3 to 6 digits"),
     TaskInfo("connectivity", "multiple_choice", ("exact_match", "multiple_choice"), ("reason",),
@@ -500,7 +499,7 @@ def _choices(task: str, prompt: str, answer: str, rng: random.Random) -> list[st
 @functools.lru_cache(maxsize=2)
 def _code_records(split: str) -> tuple[dict, ...]:
     """Next-line multiple choice over held-out code chunks (fixed distractors)."""
-    files = code_corpus._split_chunks()[1]
+    files = code_corpus.file_chunks("heldout")
     rng = random.Random(f"code:{split}")
     all_lines = sorted({ln for chunks in files for c in chunks for ln in c.split("\n")
                         if len(ln.strip()) >= 12})

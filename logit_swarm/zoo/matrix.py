@@ -80,7 +80,8 @@ def document_nll(model, tokenizer, docs: list[str], window: int, device: str = "
 
 
 def specialisation_matrix(paths: dict[str, Path], specialties: list[str] | None = None, device: str = "cpu",
-                          max_docs: int | None = None, data_dir=None, progress: bool = False) -> dict[str, dict[str, float]]:
+                          max_docs: int | None = None, data_dir=None,
+                          progress: bool = False) -> dict[str, dict[str, float]]:
     """Expert name -> specialty -> bits per byte (see the module docstring)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -89,18 +90,20 @@ def specialisation_matrix(paths: dict[str, Path], specialties: list[str] | None 
         if data_dir is not None and (Path(data_dir) / "tinyshakespeare" / "input.txt").is_file():
             specialties += list(corpora.DATA_SPECIALTIES)
     texts = {sp: corpora.heldout_text(sp, n=max_docs, data_dir=data_dir) for sp in specialties}
-    from .build import _quiet_transformers
+    from .build import quiet_transformers
 
     out: dict[str, dict[str, float]] = {}
     for name, path in paths.items():
         path = Path(path)
-        with _quiet_transformers():
+        with quiet_transformers():
             tok = AutoTokenizer.from_pretrained(str(path))
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device).eval()
         window = min(_trained_context(path), model.config.max_position_embeddings)
         out[name] = {}
         for sp in specialties:
-            nll, nbytes = document_nll(model, tok, texts[sp], window, device=device)
+            # quiet: long documents exceed model_max_length by design; they are scored in windows.
+            with quiet_transformers():
+                nll, nbytes = document_nll(model, tok, texts[sp], window, device=device)
             out[name][sp] = nll / math.log(2) / nbytes
         if progress:
             import sys

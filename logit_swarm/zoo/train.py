@@ -1,16 +1,16 @@
 """Training one tiny expert: config from ``transformers``, packed token stream, AdamW loop.
 
 Determinism: model initialisation and training run inside ``torch.random.fork_rng`` with
-``torch.manual_seed(seed)`` (the caller's global RNG state is untouched); training windows are
+``torch.manual_seed(seed)`` (the caller's global RNG state is untouched); training documents are
 drawn with ``numpy.random.default_rng(seed)``; dropout is off. Two runs with the same seed,
-device and thread count give identical weights.
+device and thread count give identical weights (the builder trains on one CPU thread).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,25 +47,48 @@ def model_config(spec: ExpertSpec, vocab_size: int, bos: int, eos: int, pad: int
 
 
 @dataclass
-class TokenStream:
-    """Documents packed into one token stream; training windows start at document starts."""
+class DocumentSet:
+    """Tokenized training documents and how often each is drawn.
 
-    tokens: np.ndarray  # int64, all documents concatenated
-    starts: np.ndarray  # int64, offsets of the documents that can begin a full window
-    probs: np.ndarray  # float64, probability of each start
+    Every training row is one document from its first token, cut at the row length and
+    right-padded; pads are excluded from the loss. Rows are not packed: a prompt at inference
+    also starts at position 0, and short synthetic documents get many more optimiser updates
+    per second of compute than packed windows would.
 
+    Tokenizers that add a BOS put it in the documents themselves. For the others (byte-level,
+    GPT-2 style) ``prefix_id`` (their EOS, which GPT-2 uses between documents) is put in front
+    of half of the rows: the model then predicts a document's first token after EOS, which is
+    how an empty context is conditioned and how the specialisation matrix scores a document,
+    while the other half keeps prompts-at-position-0 in distribution.
+    """
 
-def pack_documents(docs: list[list[int]], weights: list[float], seq_len: int) -> TokenStream:
-    """Pack ``docs`` into a stream; ``weights[i]`` is how often document i starts a window."""
-    lengths = np.array([len(d) for d in docs], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    tokens = np.fromiter((t for d in docs for t in d), dtype=np.int64, count=int(lengths.sum()))
-    ok = offsets + seq_len + 1 <= len(tokens)
-    if not ok.any():
-        raise ValueError(f"training corpus has {len(tokens)} tokens, fewer than one window of "
-                         f"{seq_len + 1}; raise the document count")
-    w = np.asarray(weights, dtype=np.float64)[ok]
-    return TokenStream(tokens, offsets[ok], w / w.sum())
+    docs: list[np.ndarray]
+    probs: np.ndarray  # float64, probability of drawing each document
+    pad_id: int
+    prefix_id: int | None = None
+
+    @classmethod
+    def build(cls, docs: list[list[int]], weights: list[float], pad_id: int,
+              prefix_id: int | None = None) -> DocumentSet:
+        """``weights[i]`` is how often document i is drawn (normalised here)."""
+        if not docs:
+            raise ValueError("no training documents")
+        w = np.asarray(weights, dtype=np.float64)
+        return cls([np.asarray(d, dtype=np.int64) for d in docs], w / w.sum(), pad_id, prefix_id)
+
+    def batch(self, rng: np.random.Generator, size: int, max_len: int) -> torch.Tensor:
+        """``size`` documents drawn by ``rng``, as a padded ``[size, <= max_len]`` tensor."""
+        picks = rng.choice(len(self.docs), size=size, p=self.probs)
+        prefixed = rng.random(size) < 0.5 if self.prefix_id is not None else np.zeros(size, dtype=bool)
+        rows = []
+        for i, pre in zip(picks, prefixed):
+            d = self.docs[i]
+            rows.append((np.concatenate([[self.prefix_id], d]) if pre else d)[:max_len])
+        width = max(len(r) for r in rows)
+        out = np.full((size, width), self.pad_id, dtype=np.int64)
+        for j, r in enumerate(rows):
+            out[j, :len(r)] = r
+        return torch.from_numpy(out)
 
 
 def _lr_at(step: int, steps: int, lr: float) -> float:
@@ -87,23 +110,28 @@ class TrainResult:
     first_loss: float
     tokens_seen: int
     seconds: float
+    cpu_seconds: float
     threads: int
 
 
-def train_expert(spec: ExpertSpec, config, stream: TokenStream, steps: int,
-                 seed: int, device: str = "cpu", progress: bool = True) -> TrainResult:
-    """Initialise ``config`` with ``seed`` and train it for ``steps`` AdamW steps on ``stream``."""
+def train_expert(spec: ExpertSpec, config, data: DocumentSet, steps: int, seed: int, device: str = "cpu",
+                 on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Initialise ``config`` with ``seed`` and train it for ``steps`` AdamW steps on ``data``.
+
+    A step is ``spec.batch`` documents of at most ``spec.seq_len + 1`` tokens; the loss is the
+    mean next-token cross-entropy over real (non-pad) tokens. ``on_step(step, loss)`` is called
+    after every step (progress reporting).
+    """
     from transformers import AutoModelForCausalLM
 
     if steps < 1:
         raise ValueError(f"expert {spec.name!r}: steps must be >= 1, got {steps}")
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     dev = torch.device(device)
     fork_devices = [dev.index or 0] if dev.type == "cuda" else []
     rng = np.random.default_rng(seed)
-    T, B = spec.seq_len, spec.batch
-    tokens = torch.from_numpy(stream.tokens)
     losses: list[float] = []
+    tokens_seen = 0
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(dev)
@@ -112,16 +140,17 @@ def train_expert(spec: ExpertSpec, config, stream: TokenStream, steps: int,
         no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                                 lr=spec.lr, betas=(0.9, 0.95), eps=1e-8)
-        bar = _bar(spec.name, steps, progress)
-        idx = torch.arange(T + 1)
         for step in range(steps):
-            starts = torch.from_numpy(rng.choice(stream.starts, size=B, p=stream.probs))
-            window = tokens[starts[:, None] + idx[None, :]].to(dev)
+            rows = data.batch(rng, spec.batch, spec.seq_len + 1).to(dev)
+            targets = rows[:, 1:].clone()
+            # Right padding: real tokens never attend to pads, so only the loss needs masking.
+            # Every zoo tokenizer has a pad token distinct from EOS, so pads are recognisable.
+            targets[targets == data.pad_id] = -100
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, steps, spec.lr)
-            logits = model(input_ids=window[:, :-1]).logits
+            logits = model(input_ids=rows[:, :-1]).logits
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(),
-                                                     window[:, 1:].reshape(-1))
+                                                     targets.reshape(-1), ignore_index=-100)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"expert {spec.name!r}: loss became {loss.item()} at step {step}; "
                                    "lower its learning rate")
@@ -130,22 +159,10 @@ def train_expert(spec: ExpertSpec, config, stream: TokenStream, steps: int,
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             losses.append(loss.item())
-            if bar is not None:
-                bar.update(1)
-                if step % 10 == 0 or step == steps - 1:
-                    bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if bar is not None:
-            bar.close()
+            tokens_seen += int((targets != -100).sum())
+            if on_step is not None:
+                on_step(step, losses[-1])
     model.eval()
     tail = losses[-max(1, min(10, len(losses) // 5)):]
-    return TrainResult(model.to("cpu"), steps, float(np.mean(tail)), losses[0], steps * B * T,
-                       time.time() - t0, torch.get_num_threads())
-
-
-def _bar(name: str, steps: int, progress: bool):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=steps, desc=f"{name:>8}", unit="step", file=sys.stderr, leave=True,
-                dynamic_ncols=True, mininterval=0.5)
+    return TrainResult(model.to("cpu"), steps, float(np.mean(tail)), losses[0], tokens_seen,
+                       time.time() - t0, time.process_time() - c0, torch.get_num_threads())
