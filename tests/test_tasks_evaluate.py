@@ -24,6 +24,8 @@ EM_RECORDS = [
 TEXT_RECORDS = [{"text": "The quick brown fox jumps over the lazy dog."},
                 {"text": "for i in range(10):\n    print(i * i)\n"},
                 {"text": "café naïve über 日本語 😀 🚀"}]
+# Byte units cost one forward pass per byte of the longest text: keep those texts short.
+SHORT_TEXT = [{"text": "Hello world!"}, {"text": "café 😀"}]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,8 @@ def test_em_rows_equal_particles_alone(pair):
 
 def test_likelihood_rows_equal_particles_alone_both_units(pair, hetero):
     assert_rows_equal_alone(lik, pair, W3())
-    assert_rows_equal_alone(lik, hetero, W3())
+    short = lambda: load_task({"kind": "likelihood", "data": {"dev": SHORT_TEXT}})  # noqa: E731
+    assert_rows_equal_alone(short, hetero, W3()[1:])
 
 
 def test_abstain_rows_equal_particles_alone(pair):

@@ -63,7 +63,7 @@ def test_toxicity_classifier_finds_the_toxic_label(toxic_dir):
 def test_toxicity_task_with_a_local_classifier(toxic_dir, experts):
     pair = [experts["gpt2_a"], experts["llama_bl"]]
     task = load_task({"kind": "toxicity", "data": {"dev": [{"prompt": "The weather"}, {"prompt": "Hello"}]},
-                      "scorer": str(toxic_dir), "max_new_tokens": 12, "min_chars": 1})
+                      "scorer": str(toxic_dir), "max_new_tokens": 6, "min_chars": 1})
     u = task.evaluate(pair, [[1.0, 0.0], [0.5, 0.5]])
     assert np.all((0 <= u) & (u <= 1))
 

@@ -65,6 +65,9 @@ def test_paper_format_file_and_icl_prompt(tmp_path):
     assert task.splits == ["dev", "test"]
     assert task.build_prompt(task.examples("dev")[0]) == "EXAMPLE\nQuestion: Who?\nA: x\nB: y\nThe answer is"
     assert task.examples("test")[0]["answer"] == 1
+    # A paper file named for one split gives that split.
+    dev_only = load_task({"kind": "mc", "data": {"dev": "kc.json"}}, base_dir=tmp_path)
+    assert dev_only.splits == ["dev"] and dev_only.examples("dev")[0]["raw"]["id"] == 1
 
 
 def test_paper_prompt_is_byte_exact():

@@ -9,11 +9,7 @@ from logit_swarm.tasks import TASKS, list_tasks, load_task
 
 corpora = pytest.importorskip("logit_swarm.zoo.corpora", reason="the zoo's corpora are not built yet")
 
-# zoo-sorting-mc: corpora._choices finds too few distractors for sortings with repeated digits
-# ("Sort: 6 6 1"); reported to the zoo. Not strict, so the test passes once that is fixed.
-_ZOO_BUG = pytest.mark.xfail(raises=ValueError, strict=False, reason="zoo: too few sorting distractors")
-ZOO = [pytest.param(n, marks=_ZOO_BUG) if n == "zoo-sorting-mc" else n
-       for n in list_tasks() if n.startswith("zoo-") and n != "zoo-shakespeare-text"]
+ZOO = [n for n in list_tasks() if n.startswith("zoo-") and n != "zoo-shakespeare-text"]
 
 
 def test_every_zoo_task_of_the_corpora_is_registered():
