@@ -178,7 +178,8 @@ def byte_tables(experts, contexts, continuations, keep_full: bool = False, beam=
         full_units = [np.zeros((len(c), 257)) for c in conts] if keep_full else None
         for t in range(max((len(c) for c in conts), default=0)):
             idx = [i for i, c in enumerate(conts) if len(c) > t]
-            d = tr.distributions([states[i] for i in idx])
+            # require: a byte the live paths give no mass revives the dormant ones (align/bytes.py).
+            d = tr.distributions([states[i] for i in idx], require=[conts[i][t] for i in idx])
             for k, i in enumerate(idx):
                 lp_units[i][t] = d[k, conts[i][t]]
                 if keep_full:

@@ -219,3 +219,40 @@ def test_real_vocab_mixing_llama2_with_llama3(real_experts):
     assert np.all(np.array(lp) >= w @ singles - 1e-9)
     out = ens.generate(TEXTS, max_new_tokens=6)
     assert len(out) == len(TEXTS)
+
+
+@pytest.mark.parametrize("text", [b" the quick brown fox", b" xyzzy q!", b"\xc3\xa9t\xc3\xa9 42"])
+def test_heavy_pruning_revives_dormant_paths(e64, text):
+    """With a harsh threshold most new paths stay dormant; a byte the live paths cannot explain
+    revives them, so no byte the exact marginal allows gets probability zero."""
+    from logit_swarm.align.bytes import ByteTrack
+
+    e = e64["llama_sp"]
+    tr = ByteTrack(e, beam=8, prune=0.5)
+    st = tr.start([[e.start_id]], [b""])[0]
+    total = 0.0
+    for b in text:
+        d = tr.distributions([st], require=[b])[0]
+        assert np.isfinite(d[b])
+        total += d[b]
+        new = tr.advance([st], [b])[0]
+        tr.release(st)
+        st = new
+    tr.release(st)
+    assert tr.revived > 0
+    assert len(e.store) == 0  # dormant parents were released too
+    assert np.isfinite(total) and total < 0
+
+
+def test_pruning_runs_fewer_forwards_than_bytes(tiny_dirs):
+    """Mass-relative pruning runs the model for fewer paths than keeping the best paths ending at
+    every byte (beam 8, no threshold), and the score stays close."""
+    e = ls.load_expert(tiny_dirs["llama_sp"])
+    text = " the quick brown fox jumps"
+    rows, scores = [], []
+    for prune in (0.0, 1e-4):
+        e.forward_rows = 0
+        scores.append(ls.Ensemble([e], unit="byte", byte_beam=8, byte_prune=prune).logprob(["x"], [text])[0])
+        rows.append(e.forward_rows)
+    assert rows[1] < rows[0]
+    assert abs(scores[1] - scores[0]) < 0.05

@@ -14,10 +14,28 @@ sequence of ordinary tokens s = s1..sk with bytes(s) a prefix of y; P(s) = Π P(
 All tokenizations count, not only the canonical one. Let R_0 = {empty path} and, for j ≥ 1,
 
     C_j = { s·t : s ∈ R_i, i < j, bytes(t) = y[i:j] }          (candidate paths ending at j)
+    M_j = Σ_{s ∈ C_j} P(s) + Σ_{i < j} Σ_{s ∈ R_i} P(s) Σ_{t : y[i:j] ⊏ bytes(t)} P(t | H s)
+                                   (mass of y[:j]: paths ending at j, plus paths whose next token
+                                    covers y[i:j] and goes on; ⊏ = proper prefix)
     R_j = the ``beam`` most probable paths of C_j whose probability is at least
-          ``prune`` × the most probable one                      (kept paths ending at j)
+          ``prune`` × M_j                                         (kept paths ending at j)
 
-With beam = ∞ and prune = 0, R_j is every tokenization of y[:j] (the exact marginal). The mass
+(if that leaves no live path at all, the most probable candidate is kept). So a path that ends
+in the middle of what the model mostly treats as one longer token (a non-canonical split such as
+"hel"+"lo" while "hello" carries the mass) is not run, and the model runs about once per *token*
+of the text, not once per byte. With beam = ∞ and prune = 0, R_j is every tokenization of y[:j]
+(the exact marginal).
+
+*Dormant paths.* Up to ``beam`` of the candidates below the threshold are remembered without
+running the model (their parent's KV cache is kept). They carry no mass. If the live paths give
+the next byte of y no mass at all — the text left every longer token the live paths were inside,
+e.g. "helix" after "hel" when only "hello"/"help" were live — the dormant paths are revived (one
+batched forward), become ordinary paths of R_j, and the distribution is recomputed with them. So
+a byte that the exact marginal allows is never given probability zero by pruning, as long as a
+dormant path explains it. (Scoring asks for this before reading a byte's probability; decoding
+needs it only when advancing, since a sampled byte has mass under some expert.)
+
+The mass
 of byte b after y[:n], and of STOP, is
 
     m(b)    = Σ_{j ≤ n} Σ_{s ∈ R_j} P(s) Σ_{t : y[j:n]·b ⊑ bytes(t)} P(t | H s)
@@ -29,7 +47,8 @@ normalisation. With no pruning, m(b) summed over the continuation's bytes telesc
 marginal probability of the text under the model, so byte-level scores are exact.
 
 Cost: each kept path is one node in the expert's KV cache (one forward of one token); the
-binning is a bincount over the vocabulary slice that still matches the pending bytes
+in-flight mass of a path is a difference of two entries of its node's cumulative sorted
+probabilities; the binning is a bincount over the vocabulary slice that still matches the pending bytes
 (contiguous because the vocabulary is sorted by bytes).
 """
 
@@ -47,16 +66,18 @@ STOP = 256
 
 @dataclass
 class _Path:
-    node: int  # expert node whose token sequence is this path
+    node: int  # expert node whose token sequence is this path (a dormant path: its parent's)
     j: int  # byte position where the path ends
     logp: float  # log P(path), relative to the state's reference
     lo: int  # sorted-vocab range of tokens whose bytes start with y[j:n]
     hi: int
+    tok: int = -1  # dormant path: the last token, not yet run (node is then the parent)
 
 
 @dataclass
 class ByteState:
-    """Live paths of one text for one expert. Immutable once built (children are new objects)."""
+    """Paths of one text for one expert. Children are new objects; reviving dormant paths
+    replaces ``paths`` in place (it only adds information, so sharing a state stays safe)."""
 
     n: int
     paths: tuple[_Path, ...]
@@ -68,7 +89,8 @@ class ByteTrack:
     Args:
         expert: an expert with ``vocab_bytes``, ``prefill``, ``extend`` and a node ``store``.
         beam: paths kept per byte position (None = all).
-        prune: keep a path only if its probability is ≥ prune × the best at the same position.
+        prune: keep a new path only if its probability is ≥ prune × the mass of the text so far
+            carried by all live paths (M_j in the module docstring).
     """
 
     def __init__(self, expert, beam: int | None = 8, prune: float = 1e-4):
@@ -78,6 +100,8 @@ class ByteTrack:
         self.log_prune = math.log(prune) if prune > 0 else -math.inf
         self._lp_sorted: dict[int, np.ndarray] = {}  # node -> next-token log-probs, sorted-vocab order
         self._bins0: dict[int, np.ndarray] = {}  # node -> 257 masses of the first byte / STOP
+        self._cum: dict[int, np.ndarray] = {}  # node -> [0, cumulative probs in sorted order]
+        self.revived = 0  # dormant paths brought back to life (see the module docstring)
         self._refs: dict[int, int] = {}
         sid = torch.as_tensor(self.vb.sorted_ids)
         self._sorted_ids_t = sid
@@ -99,14 +123,17 @@ class ByteTrack:
         bins[:, :256].scatter_add_(1, self._first_sorted.to(dev).expand(lp.shape[0], -1), probs)
         if len(self._stop_ids):
             bins[:, STOP] = lp.index_select(1, self._stop_ids.to(dev)).to(acc).exp().sum(1)
+        cum = torch.nn.functional.pad(probs.cumsum(1), (1, 0))
         lp_np = lp_s.cpu().numpy()
         bins_np = bins.cpu().numpy()
+        cum_np = cum.cpu().numpy()
         for r, nid in enumerate(nodes):
             if nid in self._lp_sorted:  # shared node already known (dedup): drop the extra ref
                 self.expert.store.release(nid)
                 continue
             self._lp_sorted[nid] = lp_np[r]
             self._bins0[nid] = bins_np[r]
+            self._cum[nid] = cum_np[r]
             self._refs[nid] = 0
 
     def _ref(self, node: int) -> None:
@@ -120,7 +147,7 @@ class ByteTrack:
     def _unref(self, node: int) -> None:
         self._refs[node] -= 1
         if self._refs[node] == 0:
-            del self._refs[node], self._lp_sorted[node], self._bins0[node]
+            del self._refs[node], self._lp_sorted[node], self._bins0[node], self._cum[node]
             self.expert.store.release(node)
 
     # ------------------------------------------------------------------ building states
@@ -149,66 +176,98 @@ class ByteTrack:
                 states[i] = s
         return states
 
-    def distributions(self, states: list[ByteState]) -> np.ndarray:
-        """Normalised log-probabilities ``[len(states), 257]`` (float64) of the next unit."""
+    def distributions(self, states: list[ByteState], require: list[int] | None = None) -> np.ndarray:
+        """Normalised log-probabilities ``[len(states), 257]`` (float64) of the next unit.
+
+        ``require``: per state, a unit that is about to be read (scoring); a state that gives it
+        no mass has its dormant paths revived first.
+        """
+        masses = [self._mass(st) for st in states]
+        if require is not None:
+            need = [k for k, (m, u) in enumerate(zip(masses, require))
+                    if m[u] <= 0 and any(p.tok >= 0 for p in states[k].paths)]
+            if need:
+                self._revive([states[k] for k in need])
+                for k in need:
+                    masses[k] = self._mass(states[k])
         out = np.empty((len(states), N_UNITS))
-        cols = self._cols_shift
-        max_len = cols.shape[0]
-        for k, st in enumerate(states):
-            mass = np.zeros(N_UNITS)
-            for p in st.paths:
-                m = st.n - p.j
-                scale = math.exp(p.logp)
-                if m == 0:
-                    mass += scale * self._bins0[p.node]
-                    continue
-                if m >= max_len:
-                    continue
-                w = np.exp(self._lp_sorted[p.node][p.lo : p.hi].astype(np.float64))
-                # Bin 0 collects tokens equal to y[j:n] (they ended; their mass lives in later paths).
-                mass[:256] += scale * np.bincount(cols[m, p.lo : p.hi], weights=w, minlength=257)[1:]
+        for k, mass in enumerate(masses):
             total = mass.sum()
             with np.errstate(divide="ignore"):
                 out[k] = np.log(mass / total) if total > 0 else np.full(N_UNITS, -np.inf)
         return out
 
+    def _mass(self, st: ByteState) -> np.ndarray:
+        """Unnormalised 257 masses of the next unit from the live paths of ``st``."""
+        cols = self._cols_shift
+        max_len = cols.shape[0]
+        mass = np.zeros(N_UNITS)
+        for p in st.paths:
+            if p.tok >= 0:
+                continue  # dormant: no mass until revived
+            m = st.n - p.j
+            scale = math.exp(p.logp)
+            if m == 0:
+                mass += scale * self._bins0[p.node]
+                continue
+            if m >= max_len:
+                continue
+            w = np.exp(self._lp_sorted[p.node][p.lo : p.hi].astype(np.float64))
+            # Bin 0 collects tokens equal to y[j:n] (they ended; their mass lives in later paths).
+            mass[:256] += scale * np.bincount(cols[m, p.lo : p.hi], weights=w, minlength=257)[1:]
+        return mass
+
+    def _revive(self, states: list[ByteState]) -> None:
+        """Run the dormant paths of ``states`` (one batched forward) and make them live."""
+        pair_index: dict[tuple[int, int], int] = {}
+        parents, tokens = [], []
+        for st in states:
+            for p in st.paths:
+                if p.tok >= 0 and (p.node, p.tok) not in pair_index:
+                    pair_index[(p.node, p.tok)] = len(parents)
+                    parents.append(p.node)
+                    tokens.append(p.tok)
+        if not parents:
+            return
+        new_nodes, lp = self.expert.extend(parents, tokens)
+        self._adopt(new_nodes, lp)
+        self.revived += len(parents)
+        for st in states:
+            paths = []
+            for p in st.paths:
+                if p.tok >= 0:
+                    nid = new_nodes[pair_index[(p.node, p.tok)]]
+                    self._ref(nid)
+                    self._unref(p.node)
+                    p = _Path(nid, p.j, p.logp, p.lo, p.hi)
+                paths.append(p)
+            st.paths = tuple(paths)
+        self._drop_unused(new_nodes)
+
+    def _drop_unused(self, new_nodes: list[int]) -> None:
+        # Nodes created but not used by any state (keep refcounts honest).
+        for nid in new_nodes:
+            if self._refs.get(nid) == 0:
+                self._refs[nid] = 1
+                self._unref(nid)
+
     def advance(self, states: list[ByteState], units: list[int]) -> list[ByteState]:
         """Child states after appending one byte to each state (one batched forward for all)."""
-        cols, lengths, sorted_ids = self._cols, self.vb.lengths, self.vb.sorted_ids
-        max_len = cols.shape[0]
-        plans = []  # per state: (kept old paths, candidates)
-        for st, b in zip(states, units):
+        for b in units:
             if b == STOP or not 0 <= b < 256:
                 raise ValueError(f"cannot append unit {b} as a byte")
-            kept, cands = [], []
-            for p in st.paths:
-                m = st.n - p.j
-                if m >= max_len:
-                    continue
-                col = cols[m, p.lo : p.hi]
-                lo = p.lo + int(np.searchsorted(col, b, side="left"))
-                hi = p.lo + int(np.searchsorted(col, b, side="right"))
-                if lo >= hi:
-                    continue
-                # Tokens exactly y[j:n+1] sit first in the range (shorter sorts first).
-                e = lo
-                while e < hi and lengths[e] == m + 1:
-                    tok = int(sorted_ids[e])
-                    cands.append((p.logp + float(self._lp_sorted[p.node][e]), p.node, tok))
-                    e += 1
-                if e < hi:
-                    kept.append(_Path(p.node, p.j, p.logp, e, hi))
-            if cands:
-                cands.sort(key=lambda c: -c[0])
-                best = cands[0][0]
-                cands = [c for c in cands if c[0] >= best + self.log_prune]
-                if self.beam is not None:
-                    cands = cands[: self.beam]
-            plans.append((kept, cands))
+        plans = [self._plan(st, b) for st, b in zip(states, units)]
+        # A state whose live paths all leave the text: revive its dormant paths and plan again.
+        stuck = [k for k, (kept, cands, _) in enumerate(plans)
+                 if not kept and not cands and any(p.tok >= 0 for p in states[k].paths)]
+        if stuck:
+            self._revive([states[k] for k in stuck])
+            for k in stuck:
+                plans[k] = self._plan(states[k], units[k])
         # One batched forward for every new path of every state; dedupe (parent, token).
         pair_index: dict[tuple[int, int], int] = {}
         parents, tokens = [], []
-        for _, cands in plans:
+        for _, cands, _ in plans:
             for _, node, tok in cands:
                 if (node, tok) not in pair_index:
                     pair_index[(node, tok)] = len(parents)
@@ -219,23 +278,67 @@ class ByteTrack:
             new_nodes, lp = self.expert.extend(parents, tokens)
             self._adopt(new_nodes, lp)
         out = []
-        for st, (kept, cands) in zip(states, plans):
+        for st, (kept, cands, dormant) in zip(states, plans):
             paths = list(kept)
             for logp, node, tok in cands:
                 paths.append(_Path(new_nodes[pair_index[(node, tok)]], st.n + 1, logp, 0, self._n_sorted))
-            if paths:  # keep numbers in range: reference = best live path
-                ref = max(p.logp for p in paths)
+            live = [p for p in paths if p.tok < 0]
+            if live:  # keep numbers in range: reference = best live path
+                ref = max(p.logp for p in live)
+                paths += dormant
                 for p in paths:
                     p.logp -= ref
             for p in paths:
                 self._ref(p.node)
             out.append(ByteState(st.n + 1, tuple(paths)))
-        # Nodes created but not used by any state (none today, but keep refcounts honest).
-        for nid in new_nodes:
-            if self._refs.get(nid) == 0:
-                self._refs[nid] = 1
-                self._unref(nid)
+        self._drop_unused(new_nodes)
         return out
+
+    def _plan(self, st: ByteState, b: int):
+        """What appending byte ``b`` does to ``st``: (kept paths, new candidates to run, dormant)."""
+        cols, lengths, sorted_ids = self._cols, self.vb.lengths, self.vb.sorted_ids
+        max_len = cols.shape[0]
+        kept, cands, dormant = [], [], []
+        flight = 0.0  # in-flight mass (relative to the state's reference path)
+        for p in st.paths:
+            m = st.n - p.j
+            if m >= max_len:
+                continue
+            col = cols[m, p.lo : p.hi]
+            lo = p.lo + int(np.searchsorted(col, b, side="left"))
+            hi = p.lo + int(np.searchsorted(col, b, side="right"))
+            if lo >= hi:
+                continue
+            if p.tok >= 0:  # dormant: only its token range follows the text
+                dormant.append(_Path(p.node, p.j, p.logp, lo, hi, p.tok))
+                continue
+            # Tokens exactly y[j:n+1] sit first in the range (shorter sorts first).
+            e = lo
+            while e < hi and lengths[e] == m + 1:
+                tok = int(sorted_ids[e])
+                cands.append((p.logp + float(self._lp_sorted[p.node][e]), p.node, tok))
+                e += 1
+            if e < hi:
+                kept.append(_Path(p.node, p.j, p.logp, e, hi))
+                cum = self._cum[p.node]
+                flight += math.exp(p.logp) * max(float(cum[hi] - cum[e]), 0.0)
+        if cands:
+            cands.sort(key=lambda c: -c[0])
+            if self.log_prune > -math.inf:
+                total = flight + sum(math.exp(c[0]) for c in cands)
+                floor = math.log(total) + self.log_prune if total > 0 else -math.inf
+                survivors = [c for c in cands if c[0] >= floor]
+                if not survivors and not kept:
+                    survivors = cands[:1]
+                below = cands[len(survivors):]
+                cands = survivors
+                # Remember the best of the rest without running them (see "Dormant paths").
+                dormant += [_Path(node, st.n + 1, lp_, 0, self._n_sorted, tok) for lp_, node, tok in below]
+                dormant.sort(key=lambda q: -q.logp)
+                dormant = dormant[: self.beam if self.beam is not None else len(dormant)]
+            if self.beam is not None:
+                cands = cands[: self.beam]
+        return kept, cands, dormant
 
 
 def split_prompt(expert, ids: list[int], text_is_empty: bool) -> tuple[list[int], bytes]:
