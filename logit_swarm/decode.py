@@ -14,10 +14,18 @@ Per step:
 
 Units are tokens when all experts share one tokenizer (``TokenTrack``) and bytes + STOP
 otherwise (``ByteTrack`` in align/bytes.py).
+
+Per-row settings (used by the server, which decodes many requests in one call): ``max_new_tokens``,
+``temperature``, ``top_p``, ``stop`` and ``seed`` take one value for every row or one value per
+row. A row's output depends only on its own prompt, weights and settings, never on the other rows
+of the call (its random stream is its own, see :func:`generate_rows`). ``on_step`` receives a
+:class:`Step` after every step: the units just picked, their log-probabilities and the whole
+mixture distributions, which is what streaming and top-k log-probabilities need.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,20 +94,103 @@ class Generation:
     finish_reason: str = "length"  # "stop" (STOP unit or stop string) or "length"
 
 
-def _row_rngs(seed: int | None, n: int):
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**63))
-    return [np.random.default_rng([seed, r]) for r in range(n)]
+@dataclass
+class Step:
+    """What one decode step did, passed to ``generate_rows(on_step=...)``.
+
+    Attributes:
+        step: 0-based step number.
+        rows: the rows that picked a unit at this step, in order.
+        units: the unit each of those rows picked.
+        logprobs: the mixture log-probability of each picked unit.
+        dists: ``[len(rows), U]`` mixture log-probabilities of the step (before temperature and
+            top_p), one row per entry of ``rows``.
+        finished: rows that finished at this step; their :class:`Generation` in ``outputs`` is
+            final (text, units, finish reason).
+        outputs: every row's :class:`Generation` so far.
+    """
+
+    step: int
+    rows: list[int]
+    units: list[int]
+    logprobs: list[float]
+    dists: torch.Tensor
+    finished: list[int]
+    outputs: list[Generation]
+
+
+def _row_rngs(seed, n: int, sampled: list[bool]):
+    """One random stream per row (None for rows that never sample).
+
+    ``seed`` is an int or None (row r uses the stream (seed, r); None draws a fresh seed), or a
+    sequence with one entry per row: a (seed, stream) pair, or None for fresh entropy.
+    """
+    if seed is None or isinstance(seed, (int, np.integer)):
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % (2**63))
+        return [np.random.default_rng([int(seed), r]) if sampled[r] else None for r in range(n)]
+    seeds = list(seed)
+    if len(seeds) != n:
+        raise ValueError(f"got {len(seeds)} per-row seeds for {n} rows; give one per row")
+    out = []
+    for r, s in enumerate(seeds):
+        if not sampled[r]:
+            out.append(None)
+        elif s is None:
+            out.append(np.random.default_rng())
+        else:
+            out.append(np.random.default_rng([int(x) for x in s]))
+    return out
+
+
+def _per_row(value, n: int, name: str) -> list:
+    """Broadcast a scalar to ``n`` rows, or check that a per-row sequence has ``n`` entries."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        return [value] * n
+    vals = list(value)
+    if len(vals) != n:
+        raise ValueError(f"got {len(vals)} values of {name} for {n} rows; give one value or one per row")
+    return vals
+
+
+def _per_row_stops(stop, n: int) -> list[list[str]]:
+    """``stop``: None, a list of strings (every row), or one list (or None) per row."""
+    if stop is None:
+        return [[] for _ in range(n)]
+    if isinstance(stop, str):
+        stop = [stop]
+    stop = list(stop)
+    if all(isinstance(s, str) for s in stop):
+        shared = [s for s in stop if s]
+        return [shared for _ in range(n)]
+    if len(stop) == n and all(s is None or isinstance(s, (list, tuple)) for s in stop):
+        return [[x for x in (s or []) if x] for s in stop]
+    raise ValueError("stop must be a list of strings (every row) or one list of strings per row")
+
+
+def _is_token_ids(prompt) -> bool:
+    return (isinstance(prompt, (list, tuple)) and len(prompt) > 0
+            and all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in prompt))
 
 
 def prompt_ids_for(expert, prompt) -> list[int]:
-    """Token ids of one prompt for one expert: plain text, or chat messages via its own template."""
+    """Token ids of one prompt for one expert: plain text, chat messages via its own template, or
+    a non-empty list of token ids of the expert's vocabulary (used as they are)."""
     if isinstance(prompt, str):
         return expert.encode(prompt)
+    if _is_token_ids(prompt):
+        ids = [int(t) for t in prompt]
+        bad = [t for t in ids if not 0 <= t < expert.vocab_size]
+        if bad:
+            raise ValueError(
+                f"token id {bad[0]} is outside expert {expert.name!r}'s vocabulary (0..{expert.vocab_size - 1})"
+            )
+        return ids
     if isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt):
         return expert.render_chat(list(prompt))
     raise ValueError(
-        "a prompt must be a string or a list of chat messages ({'role': ..., 'content': ...}); "
+        "a prompt must be a string, a list of chat messages ({'role': ..., 'content': ...}) or a "
+        "list of token ids; "
         f"got {type(prompt).__name__}"
     )
 
@@ -110,34 +201,54 @@ def generate_rows(
     prompts: list,
     weights: np.ndarray,
     mode: str,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: int | None = None,
-    stop: list[str] | None = None,
+    max_new_tokens,
+    temperature=0.0,
+    top_p=1.0,
+    seed=None,
+    stop=None,
     truncation: str | None = None,
     byte_beam: int | None = 8,
     byte_prune: float = 1e-4,
     progress=None,
+    on_step=None,
 ) -> list[Generation]:
-    """Decode every row; see the module docstring. ``weights`` is ``[len(prompts), N]``."""
+    """Decode every row; see the module docstring. ``weights`` is ``[len(prompts), N]``.
+
+    Args:
+        prompts: per row a string, a list of chat messages, or (token units only) a list of
+            token ids.
+        max_new_tokens, temperature, top_p: one value, or one value per row.
+        seed: an int or None (row r samples from the stream (seed, r)), or one entry per row:
+            a (seed, stream) pair or None (fresh entropy). Rows with temperature 0 draw nothing.
+        stop: None, a list of strings (every row), or one list of strings (or None) per row.
+        on_step: called with a :class:`Step` after the units of each step are picked.
+    """
     n_rows = len(prompts)
-    stop = [s for s in (stop or []) if s]
+    max_new = [int(m) for m in _per_row(max_new_tokens, n_rows, "max_new_tokens")]
+    temps = [float(t) for t in _per_row(temperature, n_rows, "temperature")]
+    tops = [float(p) for p in _per_row(top_p, n_rows, "top_p")]
+    stops = _per_row_stops(stop, n_rows)
+    if unit != "token" and any(_is_token_ids(p) for p in prompts):
+        raise ValueError("token-id prompts need token units (experts that share one tokenizer); "
+                         "give this ensemble text prompts")
     # Rows with the same prompt share the initial state.
     prompt_key: dict[str, int] = {}
     row_key = []
     uniq_prompts = []
-    for p in prompts:
+    reserve: list[int] = []  # per unique prompt: the most new tokens any of its rows asks for
+    for r, p in enumerate(prompts):
         k = repr(p)
         if k not in prompt_key:
             prompt_key[k] = len(uniq_prompts)
             uniq_prompts.append(p)
+            reserve.append(0)
         row_key.append(prompt_key[k])
+        reserve[prompt_key[k]] = max(reserve[prompt_key[k]], max_new[r])
 
     tracks, states = [], []  # states[e][key] = that expert's state for state key
     for e in experts:
         ids = [prompt_ids_for(e, p) for p in uniq_prompts]
-        ids = [_truncate(e, x, max_new_tokens if unit == "token" else 0, truncation) for x in ids]
+        ids = [_truncate(e, x, reserve[i] if unit == "token" else 0, truncation) for i, x in enumerate(ids)]
         if unit == "token":
             tr = TokenTrack(e)
             st = tr.start(ids)
@@ -155,15 +266,17 @@ def generate_rows(
             stop_units.update(e.stop_ids)
     else:
         stop_units = {BYTE_STOP}
-    rngs = _row_rngs(seed, n_rows) if temperature > 0 else None
+    sampled = [t > 0 for t in temps]
+    rngs = _row_rngs(seed, n_rows, sampled) if any(sampled) else None
+    # One (temperature, top_p) for all rows is the common case: one sampling call per step.
+    settings = sorted({(t, p) for t, p in zip(temps, tops)})
     outs = [Generation(text="") for _ in range(n_rows)]
-    cut_rows: set[int] = set()  # rows whose text was already cut at a stop string
     buf: list[list[int]] = [[] for _ in range(n_rows)]
-    active = list(range(n_rows))
+    active = [r for r in range(n_rows) if max_new[r] > 0]
     W = np.asarray(weights, dtype=np.float64)
     dec = experts[0].tokenizer if unit == "token" else None
 
-    for step in range(max_new_tokens):
+    for step in range(max(max_new, default=0)):
         if not active:
             break
         keys = sorted({row_key[r] for r in active})
@@ -174,29 +287,44 @@ def generate_rows(
         lp = torch.stack([d.to(dtype).cpu() for d in per_expert])  # [N, S, U]
         idx = torch.tensor([kpos[row_key[r]] for r in active])
         mixed = mix_logprobs(lp.index_select(1, idx), W[active], mode)
-        uniforms = np.array([rngs[r].random() for r in active]) if rngs else None
-        picks = sample_units(mixed, temperature, top_p, uniforms).tolist()
+        if len(settings) == 1:
+            t0, p0 = settings[0]
+            uniforms = np.array([rngs[r].random() for r in active]) if t0 > 0 else None
+            picks = sample_units(mixed, t0, p0, uniforms).tolist()
+        else:
+            picks = [0] * len(active)
+            for t0, p0 in settings:
+                sel = [i for i, r in enumerate(active) if temps[r] == t0 and tops[r] == p0]
+                if not sel:
+                    continue
+                uniforms = np.array([rngs[active[i]].random() for i in sel]) if t0 > 0 else None
+                got = sample_units(mixed[sel], t0, p0, uniforms).tolist()
+                for i, u in zip(sel, got):
+                    picks[i] = u
         chosen_lp = mixed.gather(1, torch.tensor(picks)[:, None]).squeeze(1).tolist()
 
-        last_step = step == max_new_tokens - 1
         child_of: dict[tuple[int, int], int] = {}
-        still = []
+        still, finished = [], []
         for r, u, l in zip(active, picks, chosen_lp):
             outs[r].units.append(u)
             outs[r].logprobs.append(float(l))
             if u in stop_units:
                 outs[r].finish_reason = "stop"
+                outs[r].text = _render(unit, dec, buf[r])
+                finished.append(r)
                 continue
             buf[r].append(u)
-            if stop:
+            if stops[r]:
                 text = _render(unit, dec, buf[r])
-                cut = _first_stop(text, stop)
+                cut = _first_stop(text, stops[r])
                 if cut is not None:
                     outs[r].finish_reason = "stop"
                     outs[r].text = text[:cut]
-                    cut_rows.add(r)
+                    finished.append(r)
                     continue
-            if last_step:
+            if step == max_new[r] - 1:
+                outs[r].text = _render(unit, dec, buf[r])
+                finished.append(r)
                 continue
             old = row_key[r]
             if (old, u) not in child_of:
@@ -204,6 +332,8 @@ def generate_rows(
                 next_key += 1
             row_key[r] = child_of[(old, u)]
             still.append(r)
+        if on_step is not None:  # before the forward pass, so a stream gets its unit sooner
+            on_step(Step(step, list(active), picks, chosen_lp, mixed, finished, outs))
         # Advance every expert once for all new states, then free the old ones: every row
         # that is still active has moved to a child key, so no old key is used again.
         if child_of:
@@ -222,9 +352,6 @@ def generate_rows(
     for e_i, tr in enumerate(tracks):  # states of rows cut by max_new_tokens == 0
         for k in list(states[e_i]):
             tr.release(states[e_i].pop(k))
-    for r in range(n_rows):
-        if r not in cut_rows:
-            outs[r].text = _render(unit, dec, buf[r])
     return outs
 
 

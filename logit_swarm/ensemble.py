@@ -16,25 +16,49 @@ from .mixing import as_weight_matrix, check_mode
 from .score import build_table
 
 
-def load_expert(path_or_url, device="cpu", dtype=None, **kwargs):
-    """Load an expert: a local Hugging Face causal-LM directory.
+def load_expert(path_or_url, device="cpu", dtype=None, backend: str | None = None, **kwargs):
+    """Load an expert: a local Hugging Face directory, a remote endpoint, or a vLLM engine.
 
     Args:
-        path_or_url: a model directory (config.json, model.safetensors, tokenizer.json).
-        device: "cpu", "cuda", "cuda:N".
-        dtype: torch dtype (or its name); default float32 on CPU, the checkpoint's dtype on GPU.
-        **kwargs: ``name``, ``allow_pickle`` (accept .bin weights), ``trust_remote_code``,
-            ``max_batch`` (rows per forward pass).
+        path_or_url: a model directory (config.json, model.safetensors, tokenizer.json), or the
+            base URL of an OpenAI-compatible API (``http://host:port/v1``).
+        device: "cpu", "cuda", "cuda:N" (for remote and vLLM experts: where the returned
+            log-probabilities live, so they can be mixed with local experts on that device).
+        dtype: torch dtype (or its name); local: default float32 on CPU, the checkpoint's dtype
+            on GPU; remote: float32 (default) or float64 log-probabilities; vLLM: the engine's
+            dtype (``dtype`` of ``vllm.LLM``).
+        backend: None (local transformers for a directory, remote for a URL), "hf", "remote"
+            or "vllm" (an in-process vLLM engine over the directory; needs
+            ``pip install logit_swarm[vllm]`` and CUDA).
+        **kwargs: local: ``name``, ``allow_pickle`` (accept .bin weights), ``trust_remote_code``,
+            ``max_batch`` (rows per forward pass). Remote: ``model``, ``api_key``, ``tokenizer``
+            (local tokenizer directory), ``top_k``, ``timeout``, ``retries``, ... (see
+            :func:`logit_swarm.experts.remote.load_remote_expert`). vLLM: ``top_k``,
+            ``tensor_parallel_size``, ``gpu_memory_utilization``, ``distributed_executor_backend``,
+            ... (see :func:`logit_swarm.experts.vllm.load_vllm_expert`).
 
     Raises:
         FileNotFoundError: the directory or its files are missing.
-        ValueError: unsafe or unsupported files, or an unusable device.
+        ValueError: unsafe or unsupported files, bad options, or an unusable device.
+        ImportError: backend="vllm" without vLLM installed.
+        logit_swarm.experts.remote.RemoteExpertError: the endpoint cannot be reached or refuses.
     """
+    from .experts.remote import is_url
+
     s = str(path_or_url)
-    if s.startswith(("http://", "https://")):
-        raise ValueError(
-            "remote (OpenAI-compatible) experts are not implemented yet; pass a local model directory"
-        )
+    if backend not in (None, "hf", "remote", "vllm"):
+        raise ValueError(f"unknown backend {backend!r}; use None, 'hf', 'remote' or 'vllm'")
+    if is_url(s) or backend == "remote":
+        if backend not in (None, "remote"):
+            raise ValueError(f"{s!r} is a URL: backend={backend!r} runs local models; drop backend= "
+                             "(a URL is served by its own server)")
+        from .experts.remote import load_remote_expert
+
+        return load_remote_expert(s, device=device, dtype=dtype, **kwargs)
+    if backend == "vllm":
+        from .experts.vllm import load_vllm_expert
+
+        return load_vllm_expert(path_or_url, device=device, dtype=dtype, **kwargs)
     from .experts.hf import load_hf_expert
 
     return load_hf_expert(path_or_url, device=device, dtype=dtype, **kwargs)
@@ -122,7 +146,8 @@ class Ensemble:
 
         Args:
             prompts: list of strings, or of chat-message lists (each expert renders them with
-                its own chat template; the continuation is one shared text).
+                its own chat template; the continuation is one shared text), or (token units
+                only) of token-id lists.
             max_new_tokens: the most units to generate per row (tokens at token level, bytes at
                 byte level).
             temperature: 0 = greedy; otherwise sampling at this temperature.

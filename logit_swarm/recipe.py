@@ -1,6 +1,7 @@
 """Recipes: the saved product of a search, as plain JSON (never pickle).
 
-A recipe holds expert references (name, path, kind), weights, mode, unit, byte-level pruning,
+A recipe holds expert references (name, path, kind; a remote expert's url, model and top_k
+instead of a path, never its API key), weights, mode, unit, byte-level pruning,
 decoding defaults and the provenance of the search (task, seed, history summary). Expert paths
 are stored absolute and also relative to the recipe file, so a recipe moved together with its
 experts still loads.
@@ -97,19 +98,49 @@ def _expert_path(ref: dict, base: Path) -> str:
     )
 
 
-def load_recipe(path, device="cpu", dtype=None):
-    """Load a recipe into an :class:`~logit_swarm.ensemble.Ensemble`."""
-    from .ensemble import Ensemble, load_expert
+#: Keys of a vLLM expert's recipe entry that are passed back to its loader.
+_VLLM_KEYS = ("top_k", "tensor_parallel_size", "gpu_memory_utilization", "distributed_executor_backend",
+              "max_model_len")
+
+
+def _load_ref(ref: dict, base: Path, device, dtype, remote_options: dict):
+    """Load one expert of a recipe from its reference (kind "hf", "remote" or "vllm")."""
+    from .ensemble import load_expert
+
+    kind = ref.get("kind", "hf")
+    if kind == "hf":
+        return load_expert(_expert_path(ref, base), device=device, dtype=dtype, name=ref.get("name"))
+    if kind == "remote":
+        if not ref.get("url") or not ref.get("model"):
+            raise ValueError(f"recipe expert {ref.get('name')!r} is remote but lacks 'url' or 'model'")
+        kw = {"model": ref["model"], "top_k": ref.get("top_k", 20), "name": ref.get("name")}
+        if ref.get("tokenizer"):
+            kw["tokenizer"] = ref["tokenizer"]
+        if ref.get("api_key_env"):
+            kw["api_key_env"] = ref["api_key_env"]
+        kw.update(remote_options)
+        # The dtype of a recipe is about local weights; remote answers stay float32.
+        return load_expert(ref["url"], device=device, **kw)
+    if kind == "vllm":
+        kw = {k: ref[k] for k in _VLLM_KEYS if ref.get(k) is not None}
+        return load_expert(_expert_path(ref, base), device=device, dtype=dtype, backend="vllm",
+                           name=ref.get("name"), **kw)
+    raise ValueError(f"recipe expert kind {kind!r} is not supported by this version (known: hf, remote, vllm)")
+
+
+def load_recipe(path, device="cpu", dtype=None, **remote_options):
+    """Load a recipe into an :class:`~logit_swarm.ensemble.Ensemble`.
+
+    ``remote_options`` go to every remote expert's loader (e.g. ``api_key=``, ``timeout=``,
+    ``retries=``); a recipe never stores an API key, only the name of the environment variable
+    it is read from (``$LOGIT_SWARM_API_KEY`` unless the expert was loaded with another).
+    """
+    from .ensemble import Ensemble
 
     p = Path(path)
     data = read_recipe(p)
     base = p.resolve().parent
-    experts = []
-    for ref in data["experts"]:
-        kind = ref.get("kind", "hf")
-        if kind != "hf":
-            raise ValueError(f"recipe expert kind {kind!r} is not supported by this version")
-        experts.append(load_expert(_expert_path(ref, base), device=device, dtype=dtype, name=ref.get("name")))
+    experts = [_load_ref(ref, base, device, dtype, remote_options) for ref in data["experts"]]
     return Ensemble(
         experts,
         weights=data["weights"],

@@ -146,7 +146,8 @@ def load_search_config(config: Any = None, overrides: Mapping[str, Any] | None =
 
 
 def resolve_experts(experts: Any, device: str = "cpu", dtype: Any = None) -> list:
-    """Loaded experts from a list of experts and/or model directories (or an Ensemble's).
+    """Loaded experts from a list of experts, model directories and/or remote endpoint URLs
+    (``http://host:port/v1`` or ``http://host:port/v1#model``), or an Ensemble's.
 
     Raises:
         ValueError: no experts. FileNotFoundError: a directory that does not exist.
@@ -162,7 +163,11 @@ def resolve_experts(experts: Any, device: str = "cpu", dtype: Any = None) -> lis
 
     out = []
     for e in experts:
-        if isinstance(e, (str, os.PathLike)):
+        if isinstance(e, str) and e.startswith(("http://", "https://")):
+            # A remote OpenAI-compatible endpoint ("URL" or "URL#model"); key from $LOGIT_SWARM_API_KEY.
+            url, _, model = e.partition("#")
+            out.append(load_expert(url, model=model or None))
+        elif isinstance(e, (str, os.PathLike)):
             p = Path(e).expanduser()
             if not p.is_dir():
                 raise FileNotFoundError(f"expert directory {str(p)!r} does not exist; pass a Hugging Face "
