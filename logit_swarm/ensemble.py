@@ -86,9 +86,15 @@ def _check_experts(experts) -> list:
         )
     names = [e.name for e in experts]
     if len(set(names)) != len(names):
-        # Names identify experts in recipes and tables; make duplicates distinct.
+        # Names identify experts in recipes and tables; make duplicates distinct. The same object
+        # given twice keeps its name (renaming it would rename both entries, and an object that
+        # other code still uses).
         seen: dict[str, int] = {}
+        done: set[int] = set()
         for e in experts:
+            if id(e) in done:
+                continue
+            done.add(id(e))
             k = seen.get(e.name, 0)
             seen[e.name] = k + 1
             if k:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from ..align.vocab import VocabBytes, analyse_vocab, tokenizer_fingerprint
 from .cache import NodeStore
+from .text import TokenizerSide
 
 # Config attribute names under which architectures store their context window.
 _WINDOW_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -62,7 +62,7 @@ def _check_dir(path: Path, allow_pickle: bool) -> None:
         raise FileNotFoundError(f"{str(path)!r} has no tokenizer files (tokenizer.json)")
 
 
-class HFExpert:
+class HFExpert(TokenizerSide):
     """One local causal LM plus its tokenizer, with a node cache for batched incremental decoding.
 
     Attributes:
@@ -103,11 +103,6 @@ class HFExpert:
 
     # ----------------------------------------------------------------------------- identity
     @cached_property
-    def fingerprint(self) -> str:
-        """Content hash of the tokenizer (see :func:`tokenizer_fingerprint`)."""
-        return tokenizer_fingerprint(self.tokenizer)
-
-    @cached_property
     def stop_ids(self) -> tuple[int, ...]:
         """Token ids that end generation: EOS / end-of-turn from tokenizer, config and generation config."""
         ids: set[int] = set()
@@ -129,62 +124,14 @@ class HFExpert:
         return tuple(sorted(i for i in ids if 0 <= i < self.vocab_size))
 
     @cached_property
-    def vocab_bytes(self) -> VocabBytes:
-        """Byte view of the vocabulary (computed on first use: byte-level mixing only)."""
-        vb = analyse_vocab(self.tokenizer, set(self.stop_ids))
-        return vb
-
-    @cached_property
     def start_id(self) -> int:
         """Token used to condition on an empty text when the tokenizer adds no BOS itself."""
-        for v in (self.tokenizer.bos_token_id, getattr(self.model.config, "bos_token_id", None),
-                  self.tokenizer.eos_token_id):
-            if isinstance(v, int):
-                return v
-        if self.stop_ids:
-            return self.stop_ids[0]
-        raise ValueError(
-            f"expert {self.name!r} has no BOS or EOS token, so it cannot be conditioned on empty text; "
-            "give the prompt some text"
-        )
+        return self.first_start_id(self.tokenizer.bos_token_id, getattr(self.model.config, "bos_token_id", None),
+                                   self.tokenizer.eos_token_id)
 
     def describe(self) -> dict:
         """A JSON-able reference to this expert (for recipes)."""
         return {"name": self.name, "path": self.path, "kind": "hf"}
-
-    # ----------------------------------------------------------------------------- encoding
-    def encode(self, text: str) -> list[int]:
-        """Canonical ids of ``text`` as a prompt (with the tokenizer's own BOS, if it adds one)."""
-        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
-        return list(ids) if ids else [self.start_id]
-
-    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """Ids and character offsets of ``text`` (special tokens get an empty span at 0)."""
-        enc = self.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
-        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-
-    def render_chat(self, messages: list[dict]) -> list[int]:
-        """Ids of a chat prompt rendered with this expert's own chat template."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(
-                f"expert {self.name!r} has no chat template; pass plain-text prompts, or add a "
-                "chat_template to its tokenizer_config.json"
-            )
-        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if hasattr(out, "keys"):
-            out = out["input_ids"]
-        ids = list(out)
-        if ids and isinstance(ids[0], list):
-            ids = ids[0]
-        return ids
-
-    def check_length(self, n_tokens: int, what: str = "prompt") -> None:
-        """Raise if ``n_tokens`` does not fit in the context window."""
-        if self.context_window is not None and n_tokens > self.context_window:
-            raise ValueError(
-                f"{what} needs {n_tokens} tokens but expert {self.name!r} has a context window of "
-                f"{self.context_window}; shorten it, lower max_new_tokens, or pass truncation='left'"
-            )
 
     # ----------------------------------------------------------------------------- forward
     def _logprobs(self, logits: torch.Tensor) -> torch.Tensor:

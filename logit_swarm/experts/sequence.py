@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from ..align.vocab import VocabBytes, analyse_vocab, tokenizer_fingerprint
+from .text import TokenizerSide
 from .topk import TopK, dense_logprobs
 
 __all__ = ["SequenceExpert", "SequenceStore", "DEFAULT_CACHE_BYTES", "SCORE_MODES", "read_model_config"]
@@ -163,7 +163,7 @@ class SequenceStore:
             del self._refs[node], self._seq[node]
 
 
-class SequenceExpert:
+class SequenceExpert(TokenizerSide):
     """Base class: an expert served by a backend that answers top-k for whole token sequences.
 
     Args:
@@ -228,11 +228,6 @@ class SequenceExpert:
 
     # ----------------------------------------------------------------------------- identity
     @cached_property
-    def fingerprint(self) -> str:
-        """Content hash of the tokenizer: equal to a local twin's, so they mix at token level."""
-        return tokenizer_fingerprint(self.tokenizer)
-
-    @cached_property
     def stop_ids(self) -> tuple[int, ...]:
         """EOS / end-of-turn ids: the tokenizer's EOS plus those of config files shipped with it."""
         ids: set[int] = set(self._extra_eos)
@@ -242,22 +237,9 @@ class SequenceExpert:
         return tuple(sorted(i for i in ids if 0 <= i < self.vocab_size))
 
     @cached_property
-    def vocab_bytes(self) -> VocabBytes:
-        """Byte view of the vocabulary (computed on first use: byte-level mixing only)."""
-        return analyse_vocab(self.tokenizer, set(self.stop_ids))
-
-    @cached_property
     def start_id(self) -> int:
         """Token used to condition on an empty text (BOS, else EOS), as for local experts."""
-        for v in (self.tokenizer.bos_token_id, self._bos, self.tokenizer.eos_token_id):
-            if isinstance(v, int):
-                return v
-        if self.stop_ids:
-            return self.stop_ids[0]
-        raise ValueError(
-            f"expert {self.name!r} has no BOS or EOS token, so it cannot be conditioned on empty text; "
-            "give the prompt some text"
-        )
+        return self.first_start_id(self.tokenizer.bos_token_id, self._bos, self.tokenizer.eos_token_id)
 
     def describe(self) -> dict:
         """A JSON-able reference to this expert (for recipes); subclasses say what reloads it."""
@@ -274,40 +256,6 @@ class SequenceExpert:
         """Forget every cached answer (e.g. after the model behind the endpoint changed)."""
         self._next_cache.clear()
         self._forced_cache.clear()
-
-    # ----------------------------------------------------------------------------- encoding
-    def encode(self, text: str) -> list[int]:
-        """Canonical ids of ``text`` as a prompt (with the tokenizer's own BOS, if it adds one)."""
-        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
-        return list(ids) if ids else [self.start_id]
-
-    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """Ids and character offsets of ``text`` (special tokens get an empty span at 0)."""
-        enc = self.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
-        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-
-    def render_chat(self, messages: list[dict]) -> list[int]:
-        """Ids of a chat prompt rendered with this expert's own chat template."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(
-                f"expert {self.name!r} has no chat template; pass plain-text prompts, or add a "
-                "chat_template to its tokenizer_config.json"
-            )
-        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if hasattr(out, "keys"):
-            out = out["input_ids"]
-        ids = list(out)
-        if ids and isinstance(ids[0], list):
-            ids = ids[0]
-        return ids
-
-    def check_length(self, n_tokens: int, what: str = "prompt") -> None:
-        """Raise if ``n_tokens`` does not fit in the context window (when it is known)."""
-        if self.context_window is not None and n_tokens > self.context_window:
-            raise ValueError(
-                f"{what} needs {n_tokens} tokens but expert {self.name!r} has a context window of "
-                f"{self.context_window}; shorten it, lower max_new_tokens, or pass truncation='left'"
-            )
 
     # ----------------------------------------------------------------------------- backend
     def _query_next(self, seqs: list[tuple[int, ...]]) -> list[TopK]:
