@@ -285,8 +285,10 @@ def generate_rows(
                       for e_i, tr in enumerate(tracks)]
         dtype = torch.float64 if any(d.dtype == torch.float64 for d in per_expert) else torch.float32
         lp = torch.stack([d.to(dtype).cpu() for d in per_expert])  # [N, S, U]
-        idx = torch.tensor([kpos[row_key[r]] for r in active])
-        mixed = mix_logprobs(lp.index_select(1, idx), W[active], mode)
+        rows_states = [kpos[row_key[r]] for r in active]
+        if rows_states != list(range(lp.shape[1])):  # rows sharing a state: one row each
+            lp = lp.index_select(1, torch.tensor(rows_states))
+        mixed = mix_logprobs(lp, W[active], mode)
         if len(settings) == 1:
             t0, p0 = settings[0]
             uniforms = np.array([rngs[r].random() for r in active]) if t0 > 0 else None

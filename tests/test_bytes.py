@@ -256,3 +256,23 @@ def test_pruning_runs_fewer_forwards_than_bytes(tiny_dirs):
         rows.append(e.forward_rows)
     assert rows[1] < rows[0]
     assert abs(scores[1] - scores[0]) < 0.05
+
+
+@pytest.mark.parametrize("text", [b"x = {\n        'a':   1,\n\n    }\n", b"  \t\t  \n\n  ok"])
+def test_harsh_pruning_never_gives_a_byte_zero_probability(experts, text):
+    """beam 1 and a threshold no candidate can reach: dormant revival and, failing that,
+    re-anchoring keep every byte of the text possible; every node is freed afterwards."""
+    from logit_swarm.align.bytes import ByteTrack
+
+    for name in ("gpt2_a", "llama_sp"):
+        e = experts[name]
+        tr = ByteTrack(e, beam=1, prune=0.999)
+        st = tr.start([[e.start_id]], [b""])[0]
+        for b in text:
+            d = tr.distributions([st], require=[b])[0]
+            assert np.isfinite(d[b])
+            new = tr.advance([st], [b])[0]
+            tr.release(st)
+            st = new
+        tr.release(st)
+        assert len(e.store) == 0

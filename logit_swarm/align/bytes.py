@@ -35,6 +35,14 @@ a byte that the exact marginal allows is never given probability zero by pruning
 dormant path explains it. (Scoring asks for this before reading a byte's probability; decoding
 needs it only when advancing, since a sampled byte has mass under some expert.)
 
+*Re-anchoring* (last resort). Dormant paths cannot grow chains of several tokens, so pruning can
+still lose every path that explains the text (seen on runs of whitespace and newlines in code).
+When a byte then has no mass after revival, the state's paths are replaced by one path: the head
+plus a greedy longest-match tokenization of y[:n] (one prefill), with probability 1 relative to
+nothing else. Its next-token distribution gives every byte the vocabulary can spell some mass.
+This is an approximation and is counted (``ByteTrack.reanchored``); with prune = 0 it never
+happens.
+
 The mass
 of byte b after y[:n], and of STOP, is
 
@@ -81,6 +89,8 @@ class ByteState:
 
     n: int
     paths: tuple[_Path, ...]
+    head: tuple[int, ...] = ()  # the prompt's head ids (shared by all states of one prompt)
+    y: bytes = b""  # the bytes after the head so far (for re-anchoring)
 
 
 class ByteTrack:
@@ -102,6 +112,8 @@ class ByteTrack:
         self._bins0: dict[int, np.ndarray] = {}  # node -> 257 masses of the first byte / STOP
         self._cum: dict[int, np.ndarray] = {}  # node -> [0, cumulative probs in sorted order]
         self.revived = 0  # dormant paths brought back to life (see the module docstring)
+        self.reanchored = 0  # states re-anchored on a greedy tokenization (last resort)
+        self._spelling = None  # (bytes -> token id, longest token) for re-anchoring
         self._refs: dict[int, int] = {}
         sid = torch.as_tensor(self.vb.sorted_ids)
         self._sorted_ids_t = sid
@@ -164,9 +176,9 @@ class ByteTrack:
             if uniq[nid] != r:  # prefill retained duplicates: hand that ref to our own counting
                 self.expert.store.release(nid)
         states = []
-        for nid in nodes:
+        for nid, head in zip(nodes, heads):
             self._ref(nid)
-            states.append(ByteState(0, (_Path(nid, 0, 0.0, 0, self._n_sorted),)))
+            states.append(ByteState(0, (_Path(nid, 0, 0.0, 0, self._n_sorted),), tuple(head)))
         # Force the tails, one byte position at a time across all prompts.
         for t in range(max((len(x) for x in tails), default=0)):
             idx = [i for i, x in enumerate(tails) if len(x) > t]
@@ -189,6 +201,11 @@ class ByteTrack:
             if need:
                 self._revive([states[k] for k in need])
                 for k in need:
+                    masses[k] = self._mass(states[k])
+            dead = [k for k, (m, u) in enumerate(zip(masses, require)) if m[u] <= 0 and u != STOP]
+            if dead:
+                self._reanchor([states[k] for k in dead])
+                for k in dead:
                     masses[k] = self._mass(states[k])
         out = np.empty((len(states), N_UNITS))
         for k, mass in enumerate(masses):
@@ -244,6 +261,58 @@ class ByteTrack:
             st.paths = tuple(paths)
         self._drop_unused(new_nodes)
 
+    def _reanchor(self, states: list[ByteState]) -> None:
+        """Last resort when pruning has lost every path that explains the text: replace the
+        paths of each state by one path, the head plus a greedy longest-match tokenization of
+        y[:n] (one prefill), ending exactly at n. Its next-token distribution covers every byte
+        the vocabulary can spell, so no byte gets probability zero because of pruning. States
+        whose text the vocabulary cannot spell at all are left as they are."""
+        seqs, todo = [], []
+        for st in states:
+            toks = self._spell(st.y[: st.n]) if st.head else None
+            if toks is not None:
+                seqs.append(list(st.head) + toks)
+                todo.append(st)
+        if not todo:
+            return
+        nodes, lp = self.expert.prefill(seqs)
+        uniq: dict[int, int] = {}
+        for r, nid in enumerate(nodes):
+            uniq.setdefault(nid, r)
+        fresh = [nid for nid in uniq if nid not in self._lp_sorted]
+        self._adopt(fresh, lp[[uniq[nid] for nid in fresh]])
+        for r, nid in enumerate(nodes):
+            if uniq[nid] != r or nid not in fresh:  # extra retains from prefill: our own counting
+                self.expert.store.release(nid)
+        for st, nid in zip(todo, nodes):
+            self._ref(nid)
+            for p_ in st.paths:
+                self._unref(p_.node)
+            st.paths = (_Path(nid, st.n, 0.0, 0, self._n_sorted),)
+        self.reanchored += len(todo)
+
+    def _spell(self, y: bytes) -> list[int] | None:
+        """Greedy longest-match token ids whose bytes are exactly ``y`` (None if impossible)."""
+        if self._spelling is None:
+            table: dict[bytes, int] = {}
+            stops = set(self.vb.stop_ids)
+            for tid, tb in enumerate(self.vb.token_bytes):
+                if tb and tid not in stops and tb not in table:
+                    table[tb] = tid
+            self._spelling = (table, max((len(b) for b in table), default=1))
+        table, longest = self._spelling
+        out, i = [], 0
+        while i < len(y):
+            for k in range(min(longest, len(y) - i), 0, -1):
+                tid = table.get(y[i : i + k])
+                if tid is not None:
+                    out.append(tid)
+                    i += k
+                    break
+            else:
+                return None
+        return out
+
     def _drop_unused(self, new_nodes: list[int]) -> None:
         # Nodes created but not used by any state (keep refcounts honest).
         for nid in new_nodes:
@@ -264,6 +333,12 @@ class ByteTrack:
             self._revive([states[k] for k in stuck])
             for k in stuck:
                 plans[k] = self._plan(states[k], units[k])
+        # Still nothing (the chains that explained the text were pruned): re-anchor.
+        dead = [k for k, (kept, cands, _) in enumerate(plans) if not kept and not cands]
+        if dead:
+            self._reanchor([states[k] for k in dead])
+            for k in dead:
+                plans[k] = self._plan(states[k], units[k])
         # One batched forward for every new path of every state; dedupe (parent, token).
         pair_index: dict[tuple[int, int], int] = {}
         parents, tokens = [], []
@@ -278,7 +353,7 @@ class ByteTrack:
             new_nodes, lp = self.expert.extend(parents, tokens)
             self._adopt(new_nodes, lp)
         out = []
-        for st, (kept, cands, dormant) in zip(states, plans):
+        for st, b, (kept, cands, dormant) in zip(states, units, plans):
             paths = list(kept)
             for logp, node, tok in cands:
                 paths.append(_Path(new_nodes[pair_index[(node, tok)]], st.n + 1, logp, 0, self._n_sorted))
@@ -290,7 +365,7 @@ class ByteTrack:
                     p.logp -= ref
             for p in paths:
                 self._ref(p.node)
-            out.append(ByteState(st.n + 1, tuple(paths)))
+            out.append(ByteState(st.n + 1, tuple(paths), st.head, st.y + bytes([b])))
         self._drop_unused(new_nodes)
         return out
 
