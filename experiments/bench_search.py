@@ -11,7 +11,7 @@
    with the same ensemble code. Targets: at most 20% of the naive work, at least 10x faster. The
    utilities of both ways must be identical.
 
-    python experiments/bench_search.py [--iters-gen 5] [--quick]
+    python experiments/bench_search.py [--iters-lik 50] [--iters-gen 50] [--loop-evals N]
 
 Uses the tiny zoo (built on first use). Writes experiments/results/bench_search_<device>.{json,md}.
 """
@@ -99,7 +99,8 @@ def generation_part(zoo, names, task_name, iters, loop_evals):
     task = ls.load_task(task_name)
     experts = loaded(zoo, names)
     rec = Recorder(task, memoize(experts))
-    cfg = SwarmConfig(swarm_size=20, max_iter=iters, patience=iters + 1)
+    # A whole search as a user runs it: default settings (patience 10), at most ``iters`` iterations.
+    cfg = SwarmConfig(swarm_size=20, max_iter=iters)
     res = run_search(rec, len(experts), cfg, progress=False, seed=0)
     t_search = sum(t for _, _, t in rec.calls)
     rows_search = forward_rows(experts)
@@ -131,7 +132,7 @@ def generation_part(zoo, names, task_name, iters, loop_evals):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iters-lik", type=int, default=50)
-    ap.add_argument("--iters-gen", type=int, default=5)
+    ap.add_argument("--iters-gen", type=int, default=50)
     ap.add_argument("--loop-evals", type=int, default=0,
                     help="run the per-particle loop on this many particles only and scale (0 = all)")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results"))

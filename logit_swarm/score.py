@@ -54,11 +54,26 @@ class ScoreTable:
         return int(len(self.num_units))
 
     def _segment_sum(self, x: np.ndarray) -> np.ndarray:
-        """Sum [P, T] over units into [P, pairs]; pairs with no unit score 0."""
-        out = np.zeros((x.shape[0], self.n_pairs))
-        if x.shape[1]:
-            np.add.at(out.T, self.groups, x.T)
-        return out
+        """Sum [P, T] over units into [P, pairs]; pairs with no unit score 0.
+
+        Units are stored pair after pair, so a pair's sum is a difference of two prefix sums
+        (one vectorised pass instead of a scatter-add)."""
+        ends = np.cumsum(self.num_units)
+        cs = np.zeros((x.shape[0], x.shape[1] + 1))
+        np.cumsum(x, axis=1, out=cs[:, 1:])
+        return cs[:, ends] - cs[:, ends - self.num_units]
+
+    def _shifted_probs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(exp(L − m), m) with m the per-unit max over experts, computed once per table: every
+        mode-"probs" evaluation is then one [T, N] × [N, P] product."""
+        cached = self.__dict__.get("_shifted")
+        if cached is None:
+            L = self.unit_logprobs
+            m = L.max(axis=1, initial=-np.inf) if L.shape[1] else np.zeros(L.shape[0])
+            m = np.where(np.isfinite(m), m, 0.0)
+            cached = (np.exp(L - m[:, None]), m)
+            self.__dict__["_shifted"] = cached
+        return cached
 
     def unit_scores(self, W, mode: str = "probs") -> np.ndarray:
         """Mixture log-probability of every scored unit, [P, T], for weight vectors W [P, N]."""
@@ -66,14 +81,10 @@ class ScoreTable:
         W = np.atleast_2d(np.asarray(W, dtype=np.float64))
         L = self.unit_logprobs
         if mode == "probs":
-            wt = normalised_probs_weights(W)
+            wt = normalised_probs_weights(W)  # [P, N]
+            E, m = self._shifted_probs()  # [T, N], [T]
             with np.errstate(divide="ignore"):
-                logw = np.log(wt)  # [P, N]
-            a = logw[:, None, :] + L[None, :, :]  # [P, T, N]
-            m = a.max(axis=2, keepdims=True)
-            m = np.where(np.isfinite(m), m, 0.0)
-            with np.errstate(divide="ignore"):
-                return (m + np.log(np.exp(a - m).sum(axis=2, keepdims=True)))[..., 0]
+                return (m[:, None] + np.log(E @ wt.T)).T
         if self.full is None:
             raise ValueError(
                 "this table has no full distributions, which mode 'logits' needs for its normaliser; "

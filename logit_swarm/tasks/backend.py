@@ -111,11 +111,13 @@ class EngineCache:
     ensembles: dict[tuple, tuple[list[Any], Any]] = field(default_factory=dict)
     tables: dict[tuple, tuple[list[Any], Any]] = field(default_factory=dict)
     table_builds: int = 0
+    digests: dict[tuple, tuple[Any, Any, str]] = field(default_factory=dict)
 
     def clear(self) -> None:
         """Forget every cached ensemble and table."""
         self.ensembles.clear()
         self.tables.clear()
+        self.digests.clear()
 
     def ensemble(self, pool: Pool) -> Any:
         """An ``Ensemble`` over the pool's experts (uniform weights; rows bring their own)."""
@@ -127,6 +129,23 @@ class EngineCache:
             self.ensembles[k] = (list(pool.experts), ens)
         return self.ensembles[k][1]
 
+    def _digest(self, contexts: Sequence[str], continuations: Sequence[str]) -> str:
+        """Content hash of the pairs; remembered for the same two list objects (a search passes
+        the same lists every iteration; the entry keeps them alive, so ids cannot be reused)."""
+        memo = self.digests
+        key = (id(contexts), id(continuations))
+        hit = memo.get(key)
+        if hit is not None and hit[0] is contexts and hit[1] is continuations:
+            return hit[2]
+        digest = hashlib.sha256()
+        for c, t in zip(contexts, continuations, strict=True):
+            digest.update(c.encode("utf-8", "surrogatepass") + b"\x00")
+            digest.update(t.encode("utf-8", "surrogatepass") + b"\x01")
+        if len(memo) > 64:  # bounded: a few splits per task
+            memo.clear()
+        memo[key] = (contexts, continuations, digest.hexdigest())
+        return memo[key][2]
+
     def table(self, pool: Pool, split_key: str, contexts: Sequence[str],
               continuations: Sequence[str]) -> Any:
         """The per-expert likelihood table for these pairs, built at most once per expert set.
@@ -136,11 +155,7 @@ class EngineCache:
         mode "probs". The table is built by the pool's ensemble so that it uses the same units
         (and byte-alignment settings) as generation.
         """
-        digest = hashlib.sha256()
-        for c, t in zip(contexts, continuations, strict=True):
-            digest.update(c.encode("utf-8", "surrogatepass") + b"\x00")
-            digest.update(t.encode("utf-8", "surrogatepass") + b"\x01")
-        base = (pool.key, split_key, len(contexts), digest.hexdigest())
+        base = (pool.key, split_key, len(contexts), self._digest(contexts, continuations))
         full = pool.mode == "logits"
         for keep_full in ((True,) if full else (False, True)):
             if base + (keep_full,) in self.tables:

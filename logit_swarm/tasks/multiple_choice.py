@@ -102,8 +102,14 @@ def score_by_generation(task: MultipleChoiceTask, pool, split, exs) -> EvalResul
                       per_example=correct, outputs=outputs)
 
 
-def option_logprobs(task: MultipleChoiceTask, pool, split, exs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per option log P(separator + target | prompt): ([P, n, C] nats, [n, C] bytes, [n, C] valid)."""
+def _option_pairs(task: MultipleChoiceTask, split, exs) -> tuple[list[str], list[str], list[int]]:
+    """(contexts, continuations, options per example) of a split, rendered once per example
+    list: a search evaluates the same split every iteration, and rendering the prompts again
+    would cost more than reading the likelihood table."""
+    memo = task.__dict__.setdefault("_option_pairs_memo", {})
+    hit = memo.get((split, id(exs)))
+    if hit is not None and hit[0] is exs:  # the cached entry keeps exs alive, so ids cannot clash
+        return hit[1]
     contexts: list[str] = []
     conts: list[str] = []
     counts = []
@@ -115,6 +121,13 @@ def option_logprobs(task: MultipleChoiceTask, pool, split, exs) -> tuple[np.ndar
             contexts.append(prompt)
             conts.append(task.separator + opt)
         counts.append(len(options))
+    memo[(split, id(exs))] = (exs, (contexts, conts, counts))
+    return contexts, conts, counts
+
+
+def option_logprobs(task: MultipleChoiceTask, pool, split, exs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per option log P(separator + target | prompt): ([P, n, C] nats, [n, C] bytes, [n, C] valid)."""
+    contexts, conts, counts = _option_pairs(task, split, exs)
     lp, nbytes = backend.pair_logprobs(task.cache, pool, f"{task.name}/{split}/mc",
                                        contexts, conts)
     P, n, C = pool.W.shape[0], len(exs), max(counts)
