@@ -154,7 +154,16 @@ def token_tables(experts, contexts, continuations, keep_full: bool = False):
         todo = [i for i, (_, c) in enumerate(pairs) if c]
         lp_units = [np.zeros(0)] * len(pairs)
         full_units = [None] * len(pairs)
-        if todo:
+        if todo and hasattr(e, "forced_logprobs"):
+            # Experts that answer with top-k (remote, vLLM): one teacher-forced call whose rows
+            # carry each scored token's own exact log-probability.
+            dists = e.forced_logprobs([pairs[i][0] for i in todo], [pairs[i][1] for i in todo])
+            for k, i in enumerate(todo):
+                tok = torch.tensor(pairs[i][1], device=dists[k].device)
+                lp_units[i] = dists[k].gather(1, tok[:, None])[:, 0].double().cpu().numpy()
+                if keep_full:
+                    full_units[i] = dists[k].cpu().numpy()
+        elif todo:
             nodes, first = e.prefill([pairs[i][0] for i in todo])
             # Feed all continuation tokens but the last: row t predicts token t+1.
             feed = [pairs[i][1][:-1] for i in todo]

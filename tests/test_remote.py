@@ -579,6 +579,19 @@ def test_project_server_remote_equals_local(experts, served, tmp_path):
     assert np.allclose(ls.Ensemble([r, e], weights=[0.3, 0.7]).logprob(ctx, cont), want, atol=1e-4)
 
 
+def test_token_level_scores_exact_at_small_k(experts, served, tmp_path):
+    """Scoring reads each continuation token's own echoed log-probability, so one-hot scores
+    and mode-"probs" mixture scores at token level are exact even with k = 1."""
+    e = experts["gpt2_a"]
+    r = load_remote_expert(served["gpt2_a"].url, top_k=1, tokenizer_cache=tmp_path, **FAST)
+    ctx = ["Hello", "The quick brown", "", "def add(a, b):\n   "]
+    cont = [" world", " fox jumps", "Numbers: 1 2", " return a + b"]
+    want = np.array(ls.Ensemble([e]).logprob(ctx, cont))
+    assert np.abs(np.array(ls.Ensemble([r]).logprob(ctx, cont)) - want).max() < 1e-4
+    mixed = ls.Ensemble([r, e], weights=[0.3, 0.7]).logprob(ctx, cont)
+    assert np.abs(np.array(mixed) - want).max() < 1e-4  # a twin mixed with itself
+
+
 def test_project_server_two_tokenizers_mix_at_byte_level(experts, served, tmp_path):
     a, b = experts["gpt2_a"], experts["llama_sp"]
     ra = load_remote_expert(served["gpt2_a"].url, top_k=-1, tokenizer_cache=tmp_path, **FAST)

@@ -117,9 +117,20 @@ def run(args: argparse.Namespace) -> int:
               f"(test split, measured in this run)")
     print(f"\nrecipe: {recipe}   (demo wall time {wall:.0f}s)")
     if "test" in task.splits:
-        ex = task.examples("test")[0]
-        shown = ex["prompt"].replace("\n", "\\n")
-        gold = ex["choices"][ex["answer"]] if "choices" in ex else ex.get("answer", "")
-        print(f'try it: logit-swarm generate --recipe {recipe} --prompt "{shown}" --max-new-tokens 16'
-              f"   (test answer:{gold if gold.startswith(' ') else ' ' + gold})")
+        _try_it(res.swarm.ensemble, task.examples("test")[:8], recipe)
     return 0
+
+
+def _try_it(ensemble, examples, recipe) -> None:
+    """Print a ready-to-run `generate` command on a test question, with what the recipe itself
+    answers there (greedy), preferring a question it answers right. The task scores choices by
+    likelihood, so free generation can differ from the scored answer; say which is which."""
+    if not examples:
+        return
+    prompts = [ex["prompt"] for ex in examples]
+    outs = ensemble.generate(prompts, max_new_tokens=16, temperature=0.0, stop=["\n"])
+    golds = [ex["choices"][ex["answer"]] if "choices" in ex else str(ex.get("answer", "")) for ex in examples]
+    k = next((i for i, (o, g) in enumerate(zip(outs, golds)) if o.strip().startswith(g.strip())), 0)
+    shown = prompts[k].replace("\n", "\\n")
+    print(f'try it: logit-swarm generate --recipe {recipe} --prompt "{shown}" --max-new-tokens 16')
+    print(f"        the recipe answers {outs[k].strip()!r}; the test answer is {golds[k].strip()!r}")

@@ -19,6 +19,7 @@ are then read with ``weights_only``) and ``trust_remote_code=False``.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -276,6 +277,21 @@ class HFExpert(TokenizerSide):
         return outs
 
 
+@contextmanager
+def _quiet_loading():
+    """No per-tensor "Loading weights" bar from transformers while one expert loads (a pool of
+    experts would print one bar each); the caller's own setting is restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_hf_expert(
     path,
     device="cpu",
@@ -308,12 +324,13 @@ def load_hf_expert(
     tok = AutoTokenizer.from_pretrained(str(p), trust_remote_code=trust_remote_code)
     if not getattr(tok, "is_fast", False):
         raise ValueError(f"{str(p)!r}: only fast tokenizers (tokenizer.json) are supported")
-    model = AutoModelForCausalLM.from_pretrained(
-        str(p),
-        dtype=dtype,
-        use_safetensors=None if allow_pickle else True,
-        trust_remote_code=trust_remote_code,
-    ).to(dev)
+    with _quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(
+            str(p),
+            dtype=dtype,
+            use_safetensors=None if allow_pickle else True,
+            trust_remote_code=trust_remote_code,
+        ).to(dev)
     return HFExpert(model, tok, name=name or p.name, path=str(p.resolve()), max_batch=max_batch)
 
 

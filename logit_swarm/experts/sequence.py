@@ -366,12 +366,32 @@ class SequenceExpert(TokenizerSide):
     def score_chunks(self, parents: list[int], chunks: list[list[int]]) -> list[torch.Tensor]:
         """Teacher-forced log-probs after each parent: for chunk c a tensor ``[len(c), V]`` whose
         row t is the distribution of the token after ``c[t]`` (as local experts)."""
+        return self._forced(parents, chunks, predict=False)
+
+    def forced_logprobs(self, prefixes: list[list[int]], chunks: list[list[int]]) -> list[torch.Tensor]:
+        """For each (prefix, chunk): ``[len(c), V]`` whose row t is the distribution that
+        *predicts* ``c[t]`` (after ``prefix + c[:t]``), from one echoed request per sequence.
+
+        Scoring uses this instead of prefill + score_chunks: every row then carries the scored
+        token's own log-probability as the server reported it (the echoed entry), so a
+        continuation's score is exact at any k; only the rest of each row is top-k + leftover.
+        """
+        nodes = [self.store.add(tuple(int(t) for t in p)) for p in prefixes]
+        try:
+            return self._forced(nodes, chunks, predict=True)
+        finally:
+            for n in nodes:
+                self.store.release(n)
+
+    def _forced(self, parents: list[int], chunks: list[list[int]], predict: bool) -> list[torch.Tensor]:
+        # Rows j = a .. len(full) are "after full[:j]" (informed by full[j]'s own entry); predict
+        # shifts the window one token earlier and drops the row after the last token.
         fulls, starts = [], []
         for p, c in zip(parents, chunks):
             full = self.store.seq(p) + tuple(int(t) for t in c)
             self.check_length(len(full), what="text")
             fulls.append(full)
-            starts.append(len(full) - len(c) + 1)
+            starts.append(len(full) - len(c) + (0 if predict else 1))
 
         def key(full: tuple[int, ...], j: int) -> tuple:
             # Row after full[:j], informed by the exact entry of full[j] (-1: nothing follows).
@@ -421,4 +441,6 @@ class SequenceExpert(TokenizerSide):
                 for r, j in enumerate(range(a, len(full) + 1)):
                     if rows[r] is None:
                         rows[r] = fresh[key(full, j)]
+        if predict:
+            out = [rows[:-1] for rows in out]
         return [self._stack(rows) for rows in out]  # type: ignore[arg-type]
