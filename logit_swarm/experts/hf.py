@@ -216,9 +216,29 @@ class HFExpert(TokenizerSide):
         return nodes, lps
 
     def _cache_from(self, keys, values):
+        """A DynamicCache over stored tensors, without copying them.
+
+        ``DynamicCache(ddp_cache_data=...)`` fills each layer by concatenating the data onto an
+        empty tensor — a full copy of the KV cache per layer per decode step (about 20% of a
+        tiny model's step). Layers are filled directly instead; transformers versions whose
+        layer objects differ fall back to the copying constructor.
+        """
         from transformers import DynamicCache
 
-        return DynamicCache(ddp_cache_data=list(zip(keys, values)))
+        try:
+            from transformers.cache_utils import DynamicLayer
+
+            layers = []
+            for k, v in zip(keys, values):
+                layer = DynamicLayer()
+                layer.lazy_initialization(k, v)
+                layer.keys, layer.values = k, v
+                layers.append(layer)
+            cache = DynamicCache()
+            cache.layers = layers
+            return cache
+        except (ImportError, AttributeError, TypeError):
+            return DynamicCache(ddp_cache_data=list(zip(keys, values)))
 
     def extend(self, parents: list[int], tokens: list[int]) -> tuple[list[int], torch.Tensor]:
         """One new token after each parent node; returns (new node ids, log-probs [M, V]).
