@@ -345,7 +345,7 @@ def main(argv=None) -> int:
     d_batches = stats_after["batches"] - stats_before["batches"]
     d_calls = stats_after["engine_calls"] - stats_before["engine_calls"]
     result = {
-        "experts": args.experts, "expert_dirs": dirs, "unit": model["unit"], "clients": args.clients,
+        "experts": args.experts, "expert_dirs": [Path(d).name for d in dirs], "unit": model["unit"], "clients": args.clients,
         "duration_s": args.duration, "wall_s": round(wall, 2), "max_tokens": args.max_tokens,
         "fault_rate": args.fault_rate, "server_threads": args.threads, "startup_s": round(startup_s, 2),
         "requests": rec["requests"], "throughput_rps": round(rec["requests"] / wall, 2),
