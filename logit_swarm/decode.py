@@ -316,7 +316,7 @@ def generate_rows(
                 finished.append(r)
                 continue
             buf[r].append(u)
-            if stops[r]:
+            if stops[r] and _tail_has_stop(unit, dec, buf[r], stops[r]):
                 text = _render(unit, dec, buf[r])
                 cut = _first_stop(text, stops[r])
                 if cut is not None:
@@ -361,6 +361,20 @@ def _render(unit: str, tokenizer, units: list[int]) -> str:
     if unit == "token":
         return tokenizer.decode(units, skip_special_tokens=True)
     return bytes(units).decode("utf-8", errors="replace")
+
+
+def _tail_has_stop(unit: str, tokenizer, units: list[int], stop: list[str]) -> bool:
+    """Whether a stop string appears in the text of the last few units.
+
+    A stop string that was not in the text one unit ago ends in the newest unit, and every
+    ordinary unit carries at least one byte, so it lies within the last ``len(stop bytes) + 1``
+    units; the window adds slack for multi-byte characters split across units. Decoding only
+    this window each step (instead of the whole text) keeps stop checks O(1) per step; the
+    whole text is decoded only when a stop string is found.
+    """
+    window = max(len(x.encode("utf-8")) for x in stop) + 8
+    tail = _render(unit, tokenizer, units[-window:])
+    return any(x in tail for x in stop)
 
 
 def _first_stop(text: str, stop: list[str]) -> int | None:
