@@ -246,114 +246,118 @@ def generate_rows(
         reserve[prompt_key[k]] = max(reserve[prompt_key[k]], max_new[r])
 
     tracks, states = [], []  # states[e][key] = that expert's state for state key
-    for e in experts:
-        ids = [prompt_ids_for(e, p) for p in uniq_prompts]
-        ids = [_truncate(e, x, reserve[i] if unit == "token" else 0, truncation) for i, x in enumerate(ids)]
-        if unit == "token":
-            tr = TokenTrack(e)
-            st = tr.start(ids)
-        else:
-            tr = ByteTrack(e, beam=byte_beam, prune=byte_prune)
-            splits = [split_prompt(e, x, isinstance(p, str) and p == "") for x, p in zip(ids, uniq_prompts)]
-            st = tr.start([h for h, _ in splits], [t for _, t in splits])
-        tracks.append(tr)
-        states.append(dict(enumerate(st)))
-    next_key = len(uniq_prompts)
-
-    if unit == "token":
-        stop_units = set()
+    try:
         for e in experts:
-            stop_units.update(e.stop_ids)
-    else:
-        stop_units = {BYTE_STOP}
-    sampled = [t > 0 for t in temps]
-    rngs = _row_rngs(seed, n_rows, sampled) if any(sampled) else None
-    # One (temperature, top_p) for all rows is the common case: one sampling call per step.
-    settings = sorted({(t, p) for t, p in zip(temps, tops)})
-    outs = [Generation(text="") for _ in range(n_rows)]
-    buf: list[list[int]] = [[] for _ in range(n_rows)]
-    active = [r for r in range(n_rows) if max_new[r] > 0]
-    W = np.asarray(weights, dtype=np.float64)
-    dec = experts[0].tokenizer if unit == "token" else None
+            ids = [prompt_ids_for(e, p) for p in uniq_prompts]
+            ids = [_truncate(e, x, reserve[i] if unit == "token" else 0, truncation) for i, x in enumerate(ids)]
+            if unit == "token":
+                tr = TokenTrack(e)
+                st = tr.start(ids)
+            else:
+                tr = ByteTrack(e, beam=byte_beam, prune=byte_prune)
+                splits = [split_prompt(e, x, isinstance(p, str) and p == "") for x, p in zip(ids, uniq_prompts)]
+                st = tr.start([h for h, _ in splits], [t for _, t in splits])
+            tracks.append(tr)
+            states.append(dict(enumerate(st)))
+        next_key = len(uniq_prompts)
 
-    for step in range(max(max_new, default=0)):
-        if not active:
-            break
-        keys = sorted({row_key[r] for r in active})
-        kpos = {k: i for i, k in enumerate(keys)}
-        per_expert = [torch.as_tensor(tr.distributions([states[e_i][k] for k in keys]))
-                      for e_i, tr in enumerate(tracks)]
-        dtype = torch.float64 if any(d.dtype == torch.float64 for d in per_expert) else torch.float32
-        lp = torch.stack([d.to(dtype).cpu() for d in per_expert])  # [N, S, U]
-        rows_states = [kpos[row_key[r]] for r in active]
-        if rows_states != list(range(lp.shape[1])):  # rows sharing a state: one row each
-            lp = lp.index_select(1, torch.tensor(rows_states))
-        mixed = mix_logprobs(lp, W[active], mode)
-        if len(settings) == 1:
-            t0, p0 = settings[0]
-            uniforms = np.array([rngs[r].random() for r in active]) if t0 > 0 else None
-            picks = sample_units(mixed, t0, p0, uniforms).tolist()
+        if unit == "token":
+            stop_units = set()
+            for e in experts:
+                stop_units.update(e.stop_ids)
         else:
-            picks = [0] * len(active)
-            for t0, p0 in settings:
-                sel = [i for i, r in enumerate(active) if temps[r] == t0 and tops[r] == p0]
-                if not sel:
-                    continue
-                uniforms = np.array([rngs[active[i]].random() for i in sel]) if t0 > 0 else None
-                got = sample_units(mixed[sel], t0, p0, uniforms).tolist()
-                for i, u in zip(sel, got):
-                    picks[i] = u
-        chosen_lp = mixed.gather(1, torch.tensor(picks)[:, None]).squeeze(1).tolist()
+            stop_units = {BYTE_STOP}
+        sampled = [t > 0 for t in temps]
+        rngs = _row_rngs(seed, n_rows, sampled) if any(sampled) else None
+        # One (temperature, top_p) for all rows is the common case: one sampling call per step.
+        settings = sorted({(t, p) for t, p in zip(temps, tops)})
+        outs = [Generation(text="") for _ in range(n_rows)]
+        buf: list[list[int]] = [[] for _ in range(n_rows)]
+        active = [r for r in range(n_rows) if max_new[r] > 0]
+        W = np.asarray(weights, dtype=np.float64)
+        dec = experts[0].tokenizer if unit == "token" else None
 
-        child_of: dict[tuple[int, int], int] = {}
-        still, finished = [], []
-        for r, u, l in zip(active, picks, chosen_lp):
-            outs[r].units.append(u)
-            outs[r].logprobs.append(float(l))
-            if u in stop_units:
-                outs[r].finish_reason = "stop"
-                outs[r].text = _render(unit, dec, buf[r])
-                finished.append(r)
-                continue
-            buf[r].append(u)
-            if stops[r] and _tail_has_stop(unit, dec, buf[r], stops[r]):
-                text = _render(unit, dec, buf[r])
-                cut = _first_stop(text, stops[r])
-                if cut is not None:
+        for step in range(max(max_new, default=0)):
+            if not active:
+                break
+            keys = sorted({row_key[r] for r in active})
+            kpos = {k: i for i, k in enumerate(keys)}
+            per_expert = [torch.as_tensor(tr.distributions([states[e_i][k] for k in keys]))
+                          for e_i, tr in enumerate(tracks)]
+            dtype = torch.float64 if any(d.dtype == torch.float64 for d in per_expert) else torch.float32
+            lp = torch.stack([d.to(dtype).cpu() for d in per_expert])  # [N, S, U]
+            rows_states = [kpos[row_key[r]] for r in active]
+            if rows_states != list(range(lp.shape[1])):  # rows sharing a state: one row each
+                lp = lp.index_select(1, torch.tensor(rows_states))
+            mixed = mix_logprobs(lp, W[active], mode)
+            if len(settings) == 1:
+                t0, p0 = settings[0]
+                uniforms = np.array([rngs[r].random() for r in active]) if t0 > 0 else None
+                picks = sample_units(mixed, t0, p0, uniforms).tolist()
+            else:
+                picks = [0] * len(active)
+                for t0, p0 in settings:
+                    sel = [i for i, r in enumerate(active) if temps[r] == t0 and tops[r] == p0]
+                    if not sel:
+                        continue
+                    uniforms = np.array([rngs[active[i]].random() for i in sel]) if t0 > 0 else None
+                    got = sample_units(mixed[sel], t0, p0, uniforms).tolist()
+                    for i, u in zip(sel, got):
+                        picks[i] = u
+            chosen_lp = mixed.gather(1, torch.tensor(picks)[:, None]).squeeze(1).tolist()
+
+            child_of: dict[tuple[int, int], int] = {}
+            still, finished = [], []
+            for r, u, l in zip(active, picks, chosen_lp):
+                outs[r].units.append(u)
+                outs[r].logprobs.append(float(l))
+                if u in stop_units:
                     outs[r].finish_reason = "stop"
-                    outs[r].text = text[:cut]
+                    outs[r].text = _render(unit, dec, buf[r])
                     finished.append(r)
                     continue
-            if step == max_new[r] - 1:
-                outs[r].text = _render(unit, dec, buf[r])
-                finished.append(r)
-                continue
-            old = row_key[r]
-            if (old, u) not in child_of:
-                child_of[(old, u)] = next_key
-                next_key += 1
-            row_key[r] = child_of[(old, u)]
-            still.append(r)
-        if on_step is not None:  # before the forward pass, so a stream gets its unit sooner
-            on_step(Step(step, list(active), picks, chosen_lp, mixed, finished, outs))
-        # Advance every expert once for all new states, then free the old ones: every row
-        # that is still active has moved to a child key, so no old key is used again.
-        if child_of:
-            pairs = list(child_of)
+                buf[r].append(u)
+                if stops[r] and _tail_has_stop(unit, dec, buf[r], stops[r]):
+                    text = _render(unit, dec, buf[r])
+                    cut = _first_stop(text, stops[r])
+                    if cut is not None:
+                        outs[r].finish_reason = "stop"
+                        outs[r].text = text[:cut]
+                        finished.append(r)
+                        continue
+                if step == max_new[r] - 1:
+                    outs[r].text = _render(unit, dec, buf[r])
+                    finished.append(r)
+                    continue
+                old = row_key[r]
+                if (old, u) not in child_of:
+                    child_of[(old, u)] = next_key
+                    next_key += 1
+                row_key[r] = child_of[(old, u)]
+                still.append(r)
+            if on_step is not None:  # before the forward pass, so a stream gets its unit sooner
+                on_step(Step(step, list(active), picks, chosen_lp, mixed, finished, outs))
+            # Advance every expert once for all new states, then free the old ones: every row
+            # that is still active has moved to a child key, so no old key is used again.
+            if child_of:
+                pairs = list(child_of)
+                for e_i, tr in enumerate(tracks):
+                    new = tr.advance([states[e_i][k] for k, _ in pairs], [u for _, u in pairs])
+                    for pair, s in zip(pairs, new):
+                        states[e_i][child_of[pair]] = s
             for e_i, tr in enumerate(tracks):
-                new = tr.advance([states[e_i][k] for k, _ in pairs], [u for _, u in pairs])
-                for pair, s in zip(pairs, new):
-                    states[e_i][child_of[pair]] = s
-        for e_i, tr in enumerate(tracks):
-            for k in keys:
-                tr.release(states[e_i].pop(k))
-        active = still
-        if progress is not None:
-            progress(step + 1, len(active))
+                for k in keys:
+                    tr.release(states[e_i].pop(k))
+            active = still
+            if progress is not None:
+                progress(step + 1, len(active))
 
-    for e_i, tr in enumerate(tracks):  # states of rows cut by max_new_tokens == 0
-        for k in list(states[e_i]):
-            tr.release(states[e_i].pop(k))
+    finally:
+        # Every state still held is released, also when an expert or a stop check raised
+        # midway: a failed request must not leave its KV caches behind (a server lives on).
+        for e_i, tr in enumerate(tracks):
+            for k in list(states[e_i]):
+                tr.release(states[e_i].pop(k))
     return outs
 
 

@@ -67,6 +67,7 @@ def as_weight_matrix(weights, n_experts: int, n_rows: int | None = None, mode: s
 def normalised_probs_weights(w: np.ndarray) -> np.ndarray:
     """w̃ = max(w, 0) / Σ max(w, 0), row-wise (rows must have a positive entry)."""
     c = np.clip(np.asarray(w, dtype=np.float64), 0.0, None)
+    c = c / c.max(axis=-1, keepdims=True)  # scale first: a sum of huge weights would overflow
     return c / c.sum(axis=-1, keepdims=True)
 
 
@@ -119,7 +120,10 @@ def sample_units(logp: torch.Tensor, temperature: float, top_p: float, uniforms:
     """
     if temperature == 0:
         return logp.argmax(dim=-1)
-    lp = logp.double() / temperature
+    lp = logp.double()
+    # Shift by the row max before tempering: a tiny temperature would otherwise turn every
+    # value into -inf (and the softmax into NaN) instead of approaching greedy.
+    lp = (lp - lp.max(dim=-1, keepdim=True).values) / temperature
     probs = torch.softmax(lp, dim=-1)
     if top_p < 1.0:
         sp, idx = probs.sort(dim=-1, descending=True)

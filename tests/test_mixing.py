@@ -81,3 +81,12 @@ def test_sampling_greedy_and_streams():
     lp0 = torch.log(torch.tensor([[0.0, 0.5, 0.0, 0.5]]))
     draws = {int(sample_units(lp0, 1.0, 1.0, np.array([x]))[0]) for x in np.linspace(0, 0.9999, 50)}
     assert draws == {1, 3}
+
+
+def test_tiny_temperature_is_greedy_and_huge_weights_normalise():
+    from logit_swarm.mixing import normalised_probs_weights, sample_units
+
+    lp = torch.log_softmax(torch.randn(4, 50, generator=torch.Generator().manual_seed(0)) * 3, -1)
+    got = sample_units(lp, 1e-308, 1.0, np.array([0.1, 0.4, 0.6, 0.99]))
+    assert got.tolist() == lp.argmax(-1).tolist()
+    assert np.allclose(normalised_probs_weights(np.array([[1.7e308, 1.7e308, 0.0]])), [[0.5, 0.5, 0.0]])

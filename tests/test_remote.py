@@ -613,3 +613,41 @@ def test_project_server_cap_is_read_from_model_card(experts, served, tmp_path):
     top = torch.topk(want[0], 20).indices
     assert (lp[0, top] - want[0, top]).abs().max() < 1e-4  # the listed 20 are exact
     experts["gpt2_b"].store.release(m)
+
+
+def test_redirects_are_refused_and_the_key_stays_home():
+    """urllib would resend Authorization to wherever a 302 points; the client refuses."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
+
+    class Redirect(Other):
+        def do_GET(self):  # noqa: N802
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{other.server_port}/v1/models")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    first = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    for srv in (other, first):
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        client = HTTPClient(f"http://127.0.0.1:{first.server_port}/v1", api_key="SECRET", timeout=5, retries=0)
+        status, _ = client.request("GET", "/models")
+        assert status == 302 and seen == []
+    finally:
+        for srv in (other, first):
+            srv.shutdown()
+            srv.server_close()

@@ -641,3 +641,55 @@ def test_openai_client_chat_and_errors(client, ref_tok):
     with pytest.raises(openai.BadRequestError) as exc:
         client.completions.create(model="tok", prompt="x", max_tokens=1, logprobs=99)
     assert "cap of 20" in str(exc.value)
+
+
+# ---------------------------------------------------------------------------------- review fixes
+def test_lone_surrogates_and_huge_numbers_are_400_and_leak_nothing(tiny_dirs):
+    """JSON allows "\\ud800"; such strings and numbers beyond float range are refused up front,
+    and nothing a failed request touched stays in the expert's KV store."""
+    e = ls.load_expert(tiny_dirs["gpt2_a"])
+    s = make_server(ls.Ensemble([e]), port=0, model_name="m").start()
+    try:
+        raw = b'{"prompt": "hello", "max_tokens": 3, "stop": "\\ud800", "n": 2, "temperature": 1}'
+        status, body, _ = call(s, "POST", "/v1/completions", raw=raw, headers={"Content-Type": "application/json"})
+        assert status == 400 and "surrogate" in body["error"]["message"]
+        raw = b'{"prompt": "hello", "temperature": 1' + b"0" * 400 + b"}"
+        status, body, _ = call(s, "POST", "/v1/completions", raw=raw, headers={"Content-Type": "application/json"})
+        assert status == 400 and body["error"]["param"] == "temperature"
+        assert post(s, "/completions", {"prompt": "ok", "max_tokens": 2})[0] == 200
+        assert len(e.store) == 0
+    finally:
+        s.shutdown()
+
+
+def test_failed_decode_releases_every_state(experts):
+    """generate_rows releases what it holds when it raises midway (here: a stop check)."""
+    e = experts["gpt2_a"]
+    before = len(e.store)
+    with pytest.raises(UnicodeEncodeError):
+        ls.Ensemble([e]).generate(["hello", "world"], max_new_tokens=4, stop=["\ud800"])
+    assert len(e.store) == before
+
+
+def test_streamed_request_the_engine_rejects_gets_its_4xx(tok):
+    body = {"prompt": "Hello", "max_tokens": 100000, "stream": True}
+    status, data, headers = call(tok, "POST", "/v1/completions", body)
+    assert status == 400 and "does not fit" in data["error"]["message"]
+
+
+def test_get_with_a_body_closes_the_connection(single):
+    """A body on a GET is not read, so it must not be parsed as a second request."""
+    import socket
+    import time
+
+    inner = b"GET /stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n\r\n"
+    outer = b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(inner) + inner
+    with socket.create_connection((single.host, single.port), timeout=5) as sock:
+        sock.sendall(outer)
+        data, deadline = b"", time.time() + 5
+        while time.time() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert data.count(b"HTTP/1.1 ") == 1

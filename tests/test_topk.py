@@ -89,3 +89,10 @@ def test_rows_and_validation():
         dense_logprobs([0, 1], [0.0], 3)
     with pytest.raises(ValueError, match="vocab_size"):
         dense_logprobs([], [], 0)
+
+
+def test_positive_logprobs_are_clamped_not_nan():
+    from logit_swarm.experts.topk import dense_logprobs
+
+    d = dense_logprobs([0, 1], [710.0, -30.0], 4)
+    assert not torch.isnan(d).any() and abs(float(torch.logsumexp(d, 0))) < 1e-6

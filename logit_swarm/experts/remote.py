@@ -176,7 +176,7 @@ class HTTPClient:
             retry_after = None
             req = urllib.request.Request(url, data=data, headers=headers, method=method)
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                with _OPENER.open(req, timeout=self.timeout) as resp:
                     text = resp.read().decode("utf-8", errors="replace")
                     self.requests += 1
                     return int(resp.status), text
@@ -220,6 +220,18 @@ class HTTPClient:
         except json.JSONDecodeError:
             data = None
         return status, data, text
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse redirects: urllib would resend the Authorization header to wherever the server
+    points (another host, or http after https) and turn a POST into a GET."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D401 - urllib API
+        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} refused: give the "
+                                     "final API base URL (logit_swarm does not follow redirects)", headers, fp)
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def _short(text: str, n: int = 300) -> str:

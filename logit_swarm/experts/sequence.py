@@ -314,7 +314,9 @@ class SequenceExpert(TokenizerSide):
         for s in seqs:
             if len(s) == 0:
                 raise ValueError("cannot prefill an empty token sequence")
-            self.check_length(len(s))
+            # +1: every query asks the server for one generated token (prompt + max_tokens must
+            # fit the server's window), unlike a local forward pass.
+            self.check_length(len(s) + 1, what="prompt plus the one token a query generates")
             keys.append(tuple(int(t) for t in s))
         rows = self._next_rows(keys)
         nodes: list[int] = []
@@ -332,7 +334,7 @@ class SequenceExpert(TokenizerSide):
         keys = []
         for p, t in zip(parents, tokens):
             k = self.store.seq(p) + (int(t),)
-            if self.context_window is not None and len(k) > self.context_window:
+            if self.context_window is not None and len(k) + 1 > self.context_window:
                 raise ValueError(
                     f"generation reached expert {self.name!r}'s context window of {self.context_window} "
                     "tokens; lower max_new_tokens or shorten the prompt"
@@ -389,7 +391,7 @@ class SequenceExpert(TokenizerSide):
         fulls, starts = [], []
         for p, c in zip(parents, chunks):
             full = self.store.seq(p) + tuple(int(t) for t in c)
-            self.check_length(len(full), what="text")
+            self.check_length(len(full) + 1, what="text plus the one token a query generates")
             fulls.append(full)
             starts.append(len(full) - len(c) + (0 if predict else 1))
 

@@ -61,7 +61,8 @@ def _dense_probs(ids: np.ndarray, logprobs: np.ndarray, vocab_size: int) -> np.n
     if ids.shape != lp.shape:
         raise ValueError(f"top-k ids ({ids.shape[0]}) and log-probabilities ({lp.shape[0]}) differ in length")
     usable = np.isfinite(lp) & (lp > SENTINEL)
-    ids, lp = ids[usable], lp[usable]
+    # A log-probability above 0 is rounding (or a broken server); as probability it is 1 at most.
+    ids, lp = ids[usable], np.minimum(lp[usable], 0.0)
     inside = (ids >= 0) & (ids < vocab_size)
     # Rule 2: mass on ids the tokenizer does not have leaves the total (not double-counted).
     out_ids, out_lp = ids[~inside], lp[~inside]

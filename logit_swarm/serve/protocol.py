@@ -109,12 +109,35 @@ class GenRequest:
 
 
 # ---------------------------------------------------------------------------------- field checks
+def check_unicode(obj, where: str = "body") -> None:
+    """Raise 400 if any string in a parsed JSON body cannot be encoded as UTF-8 (JSON allows
+    lone surrogates such as "\\ud800"; tokenizers and stop checks would fail on them later)."""
+    stack = [(obj, where)]
+    while stack:
+        x, at = stack.pop()
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                raise bad(f"{at} holds a string that is not valid Unicode (a lone surrogate); "
+                          "send UTF-8 text", at.split(".")[-1] if "." in at else None) from None
+        elif isinstance(x, dict):
+            stack.extend((v, f"{at}.{k}") for k, v in x.items())
+        elif isinstance(x, list):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(x))
+
+
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _is_num(x) -> bool:
-    return (isinstance(x, (int, float)) and not isinstance(x, bool)) and math.isfinite(x)
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(x) and abs(x) <= 1e30  # 10**400 would overflow float conversion
+    except OverflowError:
+        return False
 
 
 def _get_bool(body: dict, name: str, default: bool = False) -> bool:
@@ -144,7 +167,7 @@ def _get_num(body: dict, name: str, default: float) -> float:
     if v is None:
         return default
     if not _is_num(v):
-        raise bad(f"'{name}' must be a finite number, got {v!r}", name)
+        raise bad(f"'{name}' must be a finite number of magnitude at most 1e30, got {v!r}", name)
     return float(v)
 
 
@@ -211,7 +234,7 @@ def _common(body: dict, served: ServedModel, req: GenRequest) -> None:
     w = body.get("weights")
     if w is not None:
         if not (isinstance(w, list) and all(_is_num(x) for x in w)):
-            raise bad("'weights' must be a list of finite numbers, one per expert", "weights")
+            raise bad("'weights' must be a list of finite numbers (magnitude at most 1e30), one per expert", "weights")
         if len(w) != served.n_experts:
             raise bad(f"'weights' has {len(w)} entries but the model has {served.n_experts} experts "
                       f"({', '.join(served.expert_names)}); give one weight per expert", "weights")

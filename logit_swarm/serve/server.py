@@ -8,6 +8,7 @@ touches a model or a tokenizer.
 from __future__ import annotations
 
 import hmac
+import itertools
 import json
 import queue
 import socket
@@ -249,9 +250,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise P.ApiError(400, "the request body ended early (fewer bytes than Content-Length)")
         try:
-            return json.loads(raw.decode("utf-8"))
+            body = json.loads(raw.decode("utf-8"))
         except (ValueError, RecursionError) as exc:
             raise P.ApiError(400, f"the request body is not valid JSON: {exc}") from None
+        P.check_unicode(body)
+        return body
 
     # ------------------------------------------------------------------ routing
     def do_GET(self) -> None:  # noqa: N802 - http.server API
@@ -274,13 +277,20 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             path = urlsplit(self.path).path.rstrip("/") or "/"
             body = None
-            if method == "POST":
-                body = self._read_body()  # always consumed first, so keep-alive stays in sync
+            if method != "POST" and (self.headers.get("Transfer-Encoding")
+                                     or (self.headers.get("Content-Length") or "0").strip() not in ("", "0")):
+                # A body we do not read would be parsed as the next request on this connection
+                # (request smuggling behind a proxy): answer, then close.
+                self.close_connection = True
             if path == "/health" and method == "GET":
                 return self._send_json(200, {"status": "ok"})
             if not app.authorized(self.headers.get("Authorization")):
+                # Before reading the body: an unauthenticated client does not get 32 MiB parsed.
+                self.close_connection = True
                 raise P.ApiError(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>'",
                                  code="invalid_api_key")
+            if method == "POST":
+                body = self._read_body()  # consumed before answering, so keep-alive stays in sync
             if method == "GET":
                 return self._get(path)
             if method == "POST":
@@ -410,6 +420,11 @@ class _Handler(BaseHTTPRequestHandler):
                 c["usage"] = usage
             return c
 
+        # Wait for the first event before answering 200: a request the engine rejects (prompt
+        # beyond the context window, no chat template...) then gets its 4xx like a non-streamed one.
+        events = self._events(job)
+        first = next(events, None)
+        events = itertools.chain([first] if first is not None else [], events)
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -423,7 +438,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self._sse(chunk([{"index": row, "delta": {"role": "assistant", "content": ""},
                                       "logprobs": None, "finish_reason": None}]))
             try:
-                for ev in self._events(job):
+                for ev in events:
                     if ev[0] == "prompt":
                         i, info = ev[1], ev[2]
                         n_prompt += info["prompt_units"]
