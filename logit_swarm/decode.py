@@ -33,7 +33,7 @@ import torch
 
 from .align.bytes import STOP as BYTE_STOP
 from .align.bytes import ByteTrack, split_prompt
-from .mixing import mix_logprobs, sample_units
+from .mixing import greedy_probs, mix_logprobs, sample_units
 
 
 class TokenTrack:
@@ -289,8 +289,17 @@ def generate_rows(
             rows_states = [kpos[row_key[r]] for r in active]
             if rows_states != list(range(lp.shape[1])):  # rows sharing a state: one row each
                 lp = lp.index_select(1, torch.tensor(rows_states))
-            mixed = mix_logprobs(lp, W[active], mode)
-            if len(settings) == 1:
+            if mode == "probs" and on_step is None and settings == [(0.0, settings[0][1])]:
+                # Greedy in mode "probs" with nobody asking for the distributions: the argmax of
+                # Σ w̃ p and the log of the chosen entry are all that is needed (one exp pass).
+                picks_t, chosen_t = greedy_probs(lp, W[active])
+                picks, chosen_lp = picks_t.tolist(), chosen_t.tolist()
+                mixed = None
+            else:
+                mixed = mix_logprobs(lp, W[active], mode)
+            if mixed is None:
+                pass
+            elif len(settings) == 1:
                 t0, p0 = settings[0]
                 uniforms = np.array([rngs[r].random() for r in active]) if t0 > 0 else None
                 picks = sample_units(mixed, t0, p0, uniforms).tolist()
@@ -304,7 +313,8 @@ def generate_rows(
                     got = sample_units(mixed[sel], t0, p0, uniforms).tolist()
                     for i, u in zip(sel, got):
                         picks[i] = u
-            chosen_lp = mixed.gather(1, torch.tensor(picks)[:, None]).squeeze(1).tolist()
+            if mixed is not None:
+                chosen_lp = mixed.gather(1, torch.tensor(picks)[:, None]).squeeze(1).tolist()
 
             child_of: dict[tuple[int, int], int] = {}
             still, finished = [], []

@@ -94,6 +94,20 @@ def mix_logprobs(logp: torch.Tensor, weights: torch.Tensor | np.ndarray, mode: s
     return torch.log_softmax(s, dim=-1)
 
 
+def greedy_probs(logp: torch.Tensor, weights) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy pick under mode "probs" without the whole mixed distribution.
+
+    Returns (argmax of Σ_i w̃_i p_i per row, log of that mixture probability), for ``logp``
+    ``[N, R, U]`` and per-row weights ``[R, N]``. The argmax needs no log and no shift (the top
+    mixture probability is at least 1/U, far from underflow); ties go to the lowest id, as in
+    :func:`sample_units`.
+    """
+    wt = torch.as_tensor(normalised_probs_weights(np.asarray(weights)), dtype=logp.dtype, device=logp.device)
+    probs = torch.einsum("rn,nru->ru", wt, logp.exp())
+    top, picks = probs.max(dim=-1)
+    return picks, torch.log(top)
+
+
 def mix_reference(logp: np.ndarray, w: np.ndarray, mode: str) -> np.ndarray:
     """Plain-loop float64 reference of :func:`mix_logprobs` for one row: logp [N, U], w [N]."""
     logp = np.asarray(logp, dtype=np.float64)
