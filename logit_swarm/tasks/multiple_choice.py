@@ -131,15 +131,15 @@ def option_logprobs(task: MultipleChoiceTask, pool, split, exs) -> tuple[np.ndar
     lp, nbytes = backend.pair_logprobs(task.cache, pool, f"{task.name}/{split}/mc",
                                        contexts, conts)
     P, n, C = pool.W.shape[0], len(exs), max(counts)
+    # (question, option) of every flat pair, scattered in one step per array.
+    qi = np.repeat(np.arange(n), counts)
+    oi = np.arange(len(qi)) - np.repeat(np.cumsum(counts) - np.asarray(counts), counts)
     scores = np.full((P, n, C), -np.inf)
+    scores[:, qi, oi] = lp
     nb = np.ones((n, C))
+    nb[qi, oi] = np.maximum(nbytes, 1)
     valid = np.zeros((n, C), bool)
-    pos = 0
-    for i, c in enumerate(counts):
-        scores[:, i, :c] = lp[:, pos:pos + c]
-        nb[i, :c] = np.maximum(nbytes[pos:pos + c], 1)
-        valid[i, :c] = True
-        pos += c
+    valid[qi, oi] = True
     return scores, nb, valid
 
 
