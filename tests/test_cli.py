@@ -139,3 +139,15 @@ def test_demo_rejects_unknown_task_before_building_anything(capsys, tmp_path):
     err = _one_line_error(capsys, ["demo", "--out", str(tmp_path / "d"), "--task", "zoo-factz-mc"])
     assert "Did you mean" in err
     assert not (tmp_path / "d").exists()
+
+
+def test_search_experts_accept_endpoint_urls(tmp_path):
+    """--experts mixes directories and remote endpoints; URLs are kept for load_expert."""
+    from logit_swarm.search.cli import expert_dirs
+
+    d = tmp_path / "m"
+    d.mkdir()
+    got = expert_dirs([str(d), "http://127.0.0.1:8001/v1#facts_a"])
+    assert got == [d, "http://127.0.0.1:8001/v1#facts_a"]
+    with pytest.raises(FileNotFoundError, match="endpoint URLs"):
+        expert_dirs([str(tmp_path / "missing"), str(d)])

@@ -64,10 +64,14 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def expert_dirs(items: list[str]) -> list[Path]:
-    """Expert directories from --experts (checked to exist, before any model is loaded)."""
-    dirs: list[Path] = []
+def expert_dirs(items: list[str]) -> list[Path | str]:
+    """Experts from --experts: directories (checked to exist, before any model is loaded),
+    ``zoo``/``zoo:a,b``, or remote endpoint URLs (``http://host:port/v1[#model]``, kept as text)."""
+    dirs: list[Path | str] = []
     for item in items:
+        if item.startswith(("http://", "https://")):
+            dirs.append(item)
+            continue
         p = Path(item).expanduser()
         if (item == "zoo" or item.startswith("zoo:")) and not p.exists():
             from logit_swarm.zoo import zoo_experts
@@ -83,7 +87,7 @@ def expert_dirs(items: list[str]) -> list[Path]:
             continue
         if not p.is_dir():
             raise FileNotFoundError(f"expert directory {item!r} does not exist; pass model directories "
-                                    "(e.g. built by `logit-swarm zoo build`) or 'zoo'")
+                                    "(e.g. built by `logit-swarm zoo build`), 'zoo', or endpoint URLs")
         dirs.append(p)
     if len(dirs) < 2:
         raise ValueError(f"--experts needs at least 2 experts, got {len(dirs)}")
@@ -93,15 +97,23 @@ def expert_dirs(items: list[str]) -> list[Path]:
 def load_pool(args: argparse.Namespace) -> tuple[Any, str | None, list]:
     """(task, the reference that reloads it, experts) from the shared arguments; the task is
     read first, since a typo there fails faster than loading models."""
-    from logit_swarm.ensemble import load_expert
-
     from .api import resolve_task
 
     dirs = expert_dirs(args.experts)
     task, ref = resolve_task(args.task, args.data)
     print(f"loading {len(dirs)} experts ...", file=sys.stderr)
-    experts = [load_expert(d, device=args.device) for d in dirs]
+    experts = [_load_one(d, args.device) for d in dirs]
     return task, ref, experts
+
+
+def _load_one(item, device: str):
+    """A local directory or a remote endpoint (``URL#model``; key from $LOGIT_SWARM_API_KEY)."""
+    from logit_swarm.ensemble import load_expert
+
+    if isinstance(item, str):
+        url, _, model = item.partition("#")
+        return load_expert(url, model=model or None)
+    return load_expert(item, device=device)
 
 
 def plan_from_args(args: argparse.Namespace):
