@@ -97,23 +97,13 @@ def expert_dirs(items: list[str]) -> list[Path | str]:
 def load_pool(args: argparse.Namespace) -> tuple[Any, str | None, list]:
     """(task, the reference that reloads it, experts) from the shared arguments; the task is
     read first, since a typo there fails faster than loading models."""
-    from .api import resolve_task
+    from .api import resolve_experts, resolve_task
 
     dirs = expert_dirs(args.experts)
     task, ref = resolve_task(args.task, args.data)
     print(f"loading {len(dirs)} experts ...", file=sys.stderr)
-    experts = [_load_one(d, args.device) for d in dirs]
+    experts = resolve_experts(dirs, device=args.device)  # directories and endpoint URLs alike
     return task, ref, experts
-
-
-def _load_one(item, device: str):
-    """A local directory or a remote endpoint (``URL#model``; key from $LOGIT_SWARM_API_KEY)."""
-    from logit_swarm.ensemble import load_expert
-
-    if isinstance(item, str):
-        url, _, model = item.partition("#")
-        return load_expert(url, model=model or None)
-    return load_expert(item, device=device)
 
 
 def plan_from_args(args: argparse.Namespace):
