@@ -113,12 +113,7 @@ def tokenizer_texts(tok: TokenizerSpec, data_dir: str | None) -> list[str]:
         else:
             # Synthetic documents are 7-120 characters; ask for enough, then cut to the budget.
             docs = corpora.training_documents(specialty, max(16, chars // 7), TOKENIZER_TEXT_SEED, data_dir)
-        total = 0
-        for d in docs:
-            if total >= chars:
-                break
-            texts.append(d)
-            total += len(d)
+        texts += corpora.take_chars(docs, chars)
     return texts
 
 

@@ -360,12 +360,14 @@ def training_documents(specialty: str, n: int, seed: int, data_dir: str | Path |
         return code_corpus.code_chunks("train", max_chars_total=max_chars)
     if specialty == "shakespeare":
         train, _ = _shakespeare_speeches(data_dir)
-        return _take_chars(train, max_chars)
+        return take_chars(train, max_chars)
     pairs = _sample(_PROBLEM_GENS[specialty], rng, n, keep=lambda p: _status(specialty, p) != "heldout")
     return [p + a for p, a in pairs]
 
 
-def _take_chars(docs: list[str], max_chars: int | None) -> list[str]:
+def take_chars(docs: list[str], max_chars: int | None) -> list[str]:
+    """The leading documents of ``docs`` until ``max_chars`` characters are reached (the
+    document that crosses the budget is kept whole); all of them when ``max_chars`` is None."""
     if max_chars is None:
         return list(docs)
     out, total = [], 0
