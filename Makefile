@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(BIN)/logit-swarm demo
 
 test: $(STAMP)
+	$(BIN)/ruff check logit_swarm tests experiments
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -111,7 +111,7 @@ def bench_overhead(pool, rows_list, steps, device):
         # Best of REPEATS, alternating the two sides, so a noisy neighbour hurts both alike.
         t_ens = t_floor = float("inf")
         for _ in range(REPEATS):
-            t, outs = timed(lambda: ens.generate(prompts, max_new_tokens=steps, return_details=True), device)
+            t, outs = timed(lambda prompts=prompts: ens.generate(prompts, max_new_tokens=steps, return_details=True), device)
             t_ens = min(t_ens, t)
             # Row-steps per step of the ensemble run (rows stop at EOS); the floor does the same.
             active = [sum(len(o.units) > s for o in outs) for s in range(steps)]

@@ -66,7 +66,7 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.log = tempfile.NamedTemporaryFile(prefix=f"serve-{directory.name}-", suffix=".log", delete=False)
 
-    def start(self, wait: float = 120.0) -> "Server":
+    def start(self, wait: float = 120.0) -> Server:
         cmd = [sys.executable, "-m", "logit_swarm.cli", "serve", "--experts", str(self.directory),
                "--port", str(self.port), "--max-logprobs", str(self.max_logprobs), "--threads", "1", "--quiet"]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, cwd=ROOT)

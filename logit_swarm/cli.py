@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the mixing weights with a particle swarm.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in COMMANDS:
+    for _name, module in COMMANDS:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -318,9 +318,9 @@ def generate_rows(
 
             child_of: dict[tuple[int, int], int] = {}
             still, finished = [], []
-            for r, u, l in zip(active, picks, chosen_lp):
+            for r, u, lp_u in zip(active, picks, chosen_lp):
                 outs[r].units.append(u)
-                outs[r].logprobs.append(float(l))
+                outs[r].logprobs.append(float(lp_u))
                 if u in stop_units:
                     outs[r].finish_reason = "stop"
                     outs[r].text = _render(unit, dec, buf[r])

@@ -215,7 +215,7 @@ class Ensemble:
         return save_recipe(self, path)
 
     @classmethod
-    def load(cls, path, device="cpu", dtype=None) -> "Ensemble":
+    def load(cls, path, device="cpu", dtype=None) -> Ensemble:
         """Load a recipe written by :meth:`save` (or by a search) into a working ensemble."""
         from .recipe import load_recipe
 

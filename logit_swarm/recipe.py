@@ -70,7 +70,8 @@ def read_recipe(path) -> dict:
     """Parse and validate a recipe file; returns the dict."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"recipe {str(p)!r} does not exist; write one with Ensemble.save or `logit-swarm search`")
+        raise FileNotFoundError(
+            f"recipe {str(p)!r} does not exist; write one with Ensemble.save or `logit-swarm search`")
     try:
         data = json.loads(p.read_text())
     except json.JSONDecodeError as exc:

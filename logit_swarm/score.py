@@ -245,7 +245,10 @@ def build_table(experts, contexts, continuations, unit: str | None = None, keep_
         raise ValueError(f"unknown unit {unit!r}; use 'token' or 'byte'")
     n = len(contexts)
     num_units = np.array([len(lps[0][i]) for i in range(n)], dtype=np.int64)
-    L = np.stack([np.concatenate([lp[i] for i in range(n)]) for lp in lps], axis=1) if num_units.sum() else np.zeros((0, len(experts)))
+    if num_units.sum():
+        L = np.stack([np.concatenate([lp[i] for i in range(n)]) for lp in lps], axis=1)
+    else:
+        L = np.zeros((0, len(experts)))
     groups = np.repeat(np.arange(n), num_units)
     full = None
     if keep_full and num_units.sum():

@@ -78,8 +78,7 @@ def train_tokenizer(kind: str, vocab_size: int, out: Path, chat: bool = False):
 def make_model(arch: str, tokenizer, out: Path, seed: int = 0, dtype=torch.float32, layers: int = 2,
                width: int = 32, positions: int = 512, init: float = 0.2):
     """Random-initialised tiny causal LM of ``arch`` over ``tokenizer``, saved to ``out``."""
-    from transformers import (AutoModelForCausalLM, GemmaConfig, GPT2Config, LlamaConfig,
-                              MistralConfig, Qwen2Config)
+    from transformers import AutoModelForCausalLM, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
     v = len(tokenizer)
     bos = tokenizer.bos_token_id

@@ -6,11 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA
 
 import logit_swarm as ls
 from logit_swarm.align.bytes import STOP, ByteTrack
-
-from conftest import SHARED_DATA
 
 
 def _seq_logprob(e, ids):

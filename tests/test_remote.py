@@ -16,12 +16,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from fake_openai import FakeServer, ModelResponder, tokenizer_files
 
 import logit_swarm as ls
-from logit_swarm.experts.remote import (HTTPClient, RemoteExpert, RemoteExpertError, TokenResolver,
-                                        load_remote_expert, parse_k_cap, parse_logprobs)
-
-from fake_openai import FakeServer, ModelResponder, tokenizer_files
+from logit_swarm.experts.remote import (
+    HTTPClient,
+    RemoteExpert,
+    RemoteExpertError,
+    TokenResolver,
+    load_remote_expert,
+    parse_k_cap,
+    parse_logprobs,
+)
 
 FAST = dict(timeout=5.0, retries=0, backoff=0.0)
 
@@ -233,7 +239,8 @@ def test_remote_equals_local_when_k_covers_vocabulary(experts, tiny_dirs):
         one_l = ls.Ensemble([e]).logprob(ctx, cont)
         assert np.allclose(one_r, one_l, atol=1e-4)
         prompts = ["Hello world", "The quick brown fox"]
-        assert ls.Ensemble([r]).generate(prompts, max_new_tokens=8) == ls.Ensemble([e]).generate(prompts, max_new_tokens=8)
+        want = ls.Ensemble([e]).generate(prompts, max_new_tokens=8)
+        assert ls.Ensemble([r]).generate(prompts, max_new_tokens=8) == want
         mixed = ens.logprob(ctx, cont)
         assert np.allclose(mixed, one_l, atol=1e-4)  # the same model twice
 
@@ -573,7 +580,8 @@ def test_project_server_remote_equals_local(experts, served, tmp_path):
     want = ls.Ensemble([e]).logprob(ctx, cont)
     assert np.abs(np.array(got) - np.array(want)).max() < 1e-4
     prompts = ["Hello world", "The quick brown fox"]
-    assert ls.Ensemble([r]).generate(prompts, max_new_tokens=10) == ls.Ensemble([e]).generate(prompts, max_new_tokens=10)
+    want = ls.Ensemble([e]).generate(prompts, max_new_tokens=10)
+    assert ls.Ensemble([r]).generate(prompts, max_new_tokens=10) == want
     # remote + its local twin: token level, and the same numbers as the twin alone
     assert ls.Ensemble([r, e]).unit == "token"
     assert np.allclose(ls.Ensemble([r, e], weights=[0.3, 0.7]).logprob(ctx, cont), want, atol=1e-4)

@@ -297,7 +297,7 @@ def test_ask_is_idempotent_and_tell_checks_its_input():
     with pytest.raises(ValueError, match="without a pending ask"):
         pso.tell(W, np.zeros(4))
     with pytest.raises(RuntimeError):
-        PSO(3, SwarmConfig(swarm_size=4), seed=0).best
+        _ = PSO(3, SwarmConfig(swarm_size=4), seed=0).best
 
 
 def test_pure_functions_refuse_out_of_order_calls():

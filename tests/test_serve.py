@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from serve_helpers import call, post, sse_events
 
 import logit_swarm as ls
 from logit_swarm.mixing import mix_reference
 from logit_swarm.serve import make_server
-from serve_helpers import call, post, sse_events
 
 TOK_W = [0.6, 0.4]
 BYTE_W = [0.5, 0.5]
@@ -49,9 +49,8 @@ def tok_dirs(tiny_dirs, tmp_path_factory):
     (qwen2_bl2 is no partner: transformers gives Qwen2 its own normaliser, so its fingerprint
     differs.)
     """
-    from transformers import AutoTokenizer
-
     from helpers import make_model
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_dirs["mistral_bl2"])
     other = make_model("llama", tok, tmp_path_factory.mktemp("serve") / "llama_bl2", seed=11)

@@ -19,8 +19,9 @@ import pytest
 import torch
 
 from logit_swarm.zoo import build as zbuild
+from logit_swarm.zoo import build_zoo, corpora, zoo_cards, zoo_dir, zoo_experts, zoo_matrix
 from logit_swarm.zoo import cache as zcache
-from logit_swarm.zoo import build_zoo, corpora, spec as zspec, zoo_cards, zoo_dir, zoo_experts, zoo_matrix
+from logit_swarm.zoo import spec as zspec
 from logit_swarm.zoo import train as ztrain
 from logit_swarm.zoo.matrix import diagonal_violations, format_matrix
 from logit_swarm.zoo.world import world

@@ -20,7 +20,8 @@ def run(args) -> int:
     """Entry point of ``logit-swarm bench``."""
     script = Path(__file__).resolve().parents[2] / "experiments" / "bench_engine.py"
     if not script.exists():
-        raise FileNotFoundError("experiments/bench_engine.py is not here; run `logit-swarm bench` from a source checkout")
+        raise FileNotFoundError(
+            "experiments/bench_engine.py is not here; run `logit-swarm bench` from a source checkout")
     sys.argv = [str(script), *args.rest]
     runpy.run_path(str(script), run_name="__main__")
     return 0

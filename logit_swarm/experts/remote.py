@@ -194,7 +194,7 @@ class HTTPClient:
                     retry_after = float(ra) if ra is not None else None
                 except ValueError:
                     retry_after = None
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 last = f"no answer within {self.timeout:g} s (timeout)"
             except urllib.error.URLError as exc:
                 reason = exc.reason

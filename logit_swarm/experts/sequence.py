@@ -291,7 +291,8 @@ class SequenceExpert(TokenizerSide):
             self.cache_misses += len(todo)
             answers = self._query_next(todo)
             if len(answers) != len(todo):
-                raise RuntimeError(f"expert {self.name!r}: asked about {len(todo)} sequences, got {len(answers)} answers")
+                raise RuntimeError(
+                    f"expert {self.name!r}: asked about {len(todo)} sequences, got {len(answers)} answers")
             for k, top in zip(todo, answers):
                 row = self._dense(top)
                 self._next_cache.put(k, row)
@@ -427,7 +428,8 @@ class SequenceExpert(TokenizerSide):
             todo = list(missing.values())
             answers = self._query_forced([f for f, _ in todo], [a for _, a in todo])
             if len(answers) != len(todo):
-                raise RuntimeError(f"expert {self.name!r}: asked to score {len(todo)} sequences, got {len(answers)} answers")
+                raise RuntimeError(
+                    f"expert {self.name!r}: asked to score {len(todo)} sequences, got {len(answers)} answers")
             fresh: dict[tuple, torch.Tensor] = {}
             for (full, a), tops in zip(todo, answers):
                 if len(tops) != len(full) - a + 1:

@@ -227,7 +227,8 @@ def load_vllm_expert(path, device="cpu", dtype=None, name: str | None = None, to
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not (top_k == -1 or top_k >= 1):
         raise ValueError(f"top_k must be a positive integer or -1 (the whole vocabulary), got {top_k!r}")
     if isinstance(tensor_parallel_size, bool) or not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
-        raise ValueError(f"tensor_parallel_size must be a positive integer (GPUs per model), got {tensor_parallel_size!r}")
+        raise ValueError(
+            f"tensor_parallel_size must be a positive integer (GPUs per model), got {tensor_parallel_size!r}")
     if not (isinstance(gpu_memory_utilization, (int, float)) and not isinstance(gpu_memory_utilization, bool)
             and math.isfinite(gpu_memory_utilization) and 0 < gpu_memory_utilization <= 1):
         raise ValueError(f"gpu_memory_utilization must be a fraction in (0, 1], got {gpu_memory_utilization!r}")

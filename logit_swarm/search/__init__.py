@@ -18,6 +18,7 @@ utility ``evaluate(W (k, N)) -> (k,)``, higher is better, NaN for a failed parti
   utilities); ``swarm_search`` turns it on for tasks that decode.
 """
 
+from .api import CompareResult, SwarmResult, compare, load_search_config, swarm_search
 from .baselines import (
     BASELINES,
     BaselineResult,
@@ -34,7 +35,6 @@ from .baselines import (
 )
 from .driver import GridResult, GridRun, SearchResult, expand_grid, run_grid, run_search, sample_configs
 from .pso import PSO, Best, SwarmConfig, SwarmState
-from .api import CompareResult, SwarmResult, compare, load_search_config, swarm_search
 
 __all__ = [
     "swarm_search",

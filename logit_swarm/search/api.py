@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ._common import float_to_json, make_rng
-from .driver import GridResult, SearchResult, run_grid, run_search, sample_configs, expand_grid
+from .driver import GridResult, SearchResult, expand_grid, run_grid, run_search, sample_configs
 from .pso import SwarmConfig
 
 __all__ = ["SwarmResult", "SearchPlan", "TaskUtility", "swarm_search", "load_search_config",
@@ -579,10 +579,10 @@ def compare(experts: Any, task: Any, seed: int = 0, config: Any = None, mode: st
     Returns:
         A :class:`CompareResult`; ``.format_table()`` prints it.
     """
+    from logit_swarm.mixing import check_mode
+
     from . import model_baselines as mb
     from .baselines import run_baseline
-
-    from logit_swarm.mixing import check_mode
 
     check_mode(mode)
     names = list(COMPARE_BASELINES if baselines is None else baselines)

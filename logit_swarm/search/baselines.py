@@ -24,8 +24,9 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from scipy import optimize
@@ -280,7 +281,7 @@ def _em(L: np.ndarray, c: np.ndarray, max_iter: int, tol: float,
     gap = np.inf
     it = 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        for it in range(1, max_iter + 1):
+        for it in range(1, max_iter + 1):  # noqa: B007 - returned: iterations used
             log_joint = L + np.log(w)[None, :]
             log_mix = logsumexp(log_joint, axis=1)
             # grad_i = sum_t c_t p_ti / m_t; at w: sum_i w_i grad_i = sum_t c_t = 1.

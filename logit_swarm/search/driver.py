@@ -24,8 +24,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -96,7 +97,7 @@ class SearchResult:
         return json.dumps(self.to_dict(), allow_nan=False, indent=indent)
 
     @classmethod
-    def from_json(cls, text: str) -> "SearchResult":
+    def from_json(cls, text: str) -> SearchResult:
         """Read :meth:`to_json` output back."""
         d = json.loads(text)
         return cls(

@@ -52,7 +52,7 @@ class _Node:
 class MemoStore:
     """The node store the engine sees through a :class:`MemoExpert` (ids are the wrapper's)."""
 
-    def __init__(self, owner: "MemoExpert") -> None:
+    def __init__(self, owner: MemoExpert) -> None:
         self._owner = owner
 
     def retain(self, node: int) -> None:

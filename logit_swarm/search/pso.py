@@ -189,7 +189,7 @@ class SwarmConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SwarmConfig":
+    def from_dict(cls, d: dict[str, Any]) -> SwarmConfig:
         """Build a config from a dict (e.g. parsed YAML); unknown keys are an error with a hint.
 
         Args:
@@ -208,7 +208,7 @@ class SwarmConfig:
                 raise ValueError(f"unknown swarm setting {key!r}{hint}")
         return cls(**d)
 
-    def replace(self, **changes: Any) -> "SwarmConfig":
+    def replace(self, **changes: Any) -> SwarmConfig:
         """A copy with some fields changed (validated like a new config)."""
         return self.from_dict({**self.to_dict(), **changes})
 
@@ -273,7 +273,7 @@ class SwarmState:
         """P, the number of particles."""
         return int(self.positions.shape[0])
 
-    def replace(self, **changes: Any) -> "SwarmState":
+    def replace(self, **changes: Any) -> SwarmState:
         """A copy with some fields changed; arrays are copied and frozen."""
         for key, value in list(changes.items()):
             if isinstance(value, np.ndarray):
@@ -683,7 +683,7 @@ class PSO:
         self._state = init_state(n_experts, self._config, seed)
 
     @classmethod
-    def from_state(cls, state: SwarmState, config: SwarmConfig) -> "PSO":
+    def from_state(cls, state: SwarmState, config: SwarmConfig) -> PSO:
         """Wrap an existing state (e.g. one built with the pure functions)."""
         obj = cls.__new__(cls)
         obj._config, obj._state = config, state
@@ -754,7 +754,7 @@ class PSO:
                 "config": self._config.to_dict(), "state": state_to_dict(self._state)}
 
     @classmethod
-    def from_state_dict(cls, d: dict[str, Any]) -> "PSO":
+    def from_state_dict(cls, d: dict[str, Any]) -> PSO:
         """Restore a :class:`PSO` from :meth:`state_dict` output; continues bit-exactly."""
         if not isinstance(d, dict) or d.get("format") != cls.FORMAT:
             raise ValueError(f"not a PSO checkpoint (expected format {cls.FORMAT!r})")

@@ -383,13 +383,13 @@ class UnitTable:
         self.byte_values = byte_values
 
     @classmethod
-    def for_bytes(cls) -> "UnitTable":
+    def for_bytes(cls) -> UnitTable:
         """The table of byte units (256 bytes + STOP)."""
         byts: list[bytes | None] = [bytes([b]) for b in range(256)] + [None]
         return cls([_show(b) for b in byts[:256]] + [STOP_STRING], byts)
 
     @classmethod
-    def for_tokens(cls, token_bytes, literal) -> "UnitTable":
+    def for_tokens(cls, token_bytes, literal) -> UnitTable:
         """The table of a token vocabulary: ``token_bytes[i]`` (None = no text) and ``literal(i)``."""
         strings = [(_show(b) if b is not None else literal(i)) for i, b in enumerate(token_bytes)]
         return cls(strings, list(token_bytes))

@@ -15,6 +15,8 @@ import socket
 import sys
 import threading
 import time
+import traceback
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -123,7 +125,7 @@ class SwarmServer:
         self._active_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "SwarmServer":
+    def start(self) -> SwarmServer:
         """Serve in a background thread; returns self (call :meth:`shutdown` to stop)."""
         self.batcher.start()
         self._thread = threading.Thread(target=self._serve, name="logit-swarm-http", daemon=True)
@@ -159,7 +161,7 @@ class SwarmServer:
         finally:
             self._closed.set()
 
-    def __enter__(self) -> "SwarmServer":
+    def __enter__(self) -> SwarmServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -297,14 +299,12 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._post(path, body)
             raise P.ApiError(405, f"method {method} is not allowed on {path}", code="method_not_allowed")
         except P.ApiError as err:
-            self._safe(lambda: self._send_error(err))
+            self._safe(partial(self._send_error, err))
         except (_ClientGone, ConnectionError, TimeoutError):  # the client went away or stalled
             self.close_connection = True
         except Exception as exc:  # a bug: answer 500 and keep serving
-            import traceback
-
             traceback.print_exc()
-            self._safe(lambda: self._send_error(P.ApiError(500, f"internal error: {type(exc).__name__}: {exc}")))
+            self._safe(partial(self._send_error, P.ApiError(500, f"internal error: {type(exc).__name__}: {exc}")))
         finally:
             app._leave()
 

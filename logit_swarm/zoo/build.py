@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from . import cache, corpora, spec as zspec
+from . import cache, corpora
+from . import spec as zspec
 from .cards import make_card, render_readme, summary_table, versions
 from .spec import ExpertSpec
 from .vocab import TOKENIZER_FILES, TokenizerSpec, encode_documents, train_tokenizer, write_tokenizer

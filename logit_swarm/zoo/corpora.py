@@ -558,7 +558,7 @@ def task_records(task: str, split: str, n: int | None = None, seed: int = 0,
     rng.shuffle(pool)
     pool = _take(pool, n, task, split)
     records = []
-    for i, (prompt, answer) in enumerate(pool):
+    for prompt, answer in pool:
         rid = f"{task}-{split}-{_stable_hash(prompt):08x}"
         if kind == "exact_match":
             records.append({"id": rid, "prompt": prompt, "answer": answer})
