@@ -11,13 +11,29 @@ per-layer tensors ``[G, heads, L, head_dim]``, left-padded (padding is masked an
 position ids). A forward for new nodes gathers their parents' rows; when the parents are exactly
 one whole group in order (the common decode step) the tensors are used as they are, with no
 copy. A group is freed when its last node is released.
+
+Layers need not keep the same length. A sliding-window layer (Mistral, Gemma-2/3, ...) keeps only
+the last ``window - 1`` keys of the padded layout, as transformers' own cache does; a full layer
+keeps all ``L``. The mask and ``next_pos`` always describe the full padded layout, and a layer's
+tensors are its last ``min(L, its capacity)`` slots. When groups of different lengths are
+gathered, every layer is left-padded to the longest stored length *of that layer*, which is
+``min(L_max, window - 1)`` for a sliding layer: the added slots are padding of the shorter rows
+(masked), so the layout stays exactly what each layer's cache would hold.
+
+:func:`layer_windows` reads that per-layer layout from a model at load time and refuses caches
+the store cannot fork (linear attention, hybrid state-space layers, KV sharing, chunked attention,
+custom cache classes) with a clear message; :func:`make_cache` rebuilds a transformers cache over
+stored tensors for one forward pass.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 
 @dataclass
@@ -102,13 +118,16 @@ class NodeStore:
         for pos, (g, r) in enumerate(locs):
             order.setdefault(g, []).append((pos, r))
         length = max(self._groups[g].mask.shape[1] for g in order)
+        # Per layer: the longest stored length (min(L_max, window - 1) for sliding layers).
+        n_layers = len(self._groups[first].keys)
+        widths = [max(self._groups[g].keys[i].shape[2] for g in order) for i in range(n_layers)]
         parts_k, parts_v, parts_m, parts_p, positions = None, None, [], [], []
         for g, items in order.items():
             grp = self._groups[g]
             idx = torch.tensor([r for _, r in items], device=grp.mask.device)
             pad = length - grp.mask.shape[1]
-            ks = [_left_pad(k.index_select(0, idx), pad) for k in grp.keys]
-            vs = [_left_pad(v.index_select(0, idx), pad) for v in grp.values]
+            ks = [_left_pad(k.index_select(0, idx), w - k.shape[2]) for k, w in zip(grp.keys, widths)]
+            vs = [_left_pad(v.index_select(0, idx), w - v.shape[2]) for v, w in zip(grp.values, widths)]
             m = grp.mask.index_select(0, idx)
             if pad:
                 m = torch.cat([m.new_zeros(m.shape[0], pad), m], dim=1)
@@ -139,3 +158,90 @@ def _left_pad(t: torch.Tensor, pad: int) -> torch.Tensor:
         return t
     z = t.new_zeros(t.shape[0], t.shape[1], pad, t.shape[3])
     return torch.cat([z, t], dim=2)
+
+
+# The layer kinds the store can fork: plain KV tensors that grow with the sequence.
+_FORKABLE = (DynamicLayer, DynamicSlidingWindowLayer)
+
+
+def _refuse(name: str, why: str) -> ValueError:
+    return ValueError(
+        f"expert {name!r}: {why}; the engine forks per-token key/value caches and cannot fork this "
+        "one. Use an attention-only model (Llama, Mistral, Gemma, Qwen, GPT-2, ...) or serve this "
+        "model behind an endpoint and add it as a remote expert (URL#model)"
+    )
+
+
+def layer_windows(model, name: str) -> list[int | None]:
+    """Per decoder layer, its sliding window (None for full attention), read from the config.
+
+    Raises ValueError naming the layer type for layouts the store cannot fork (linear attention,
+    hybrid / state-space layers, KV sharing, chunked attention).
+    """
+    config = model.config
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    kinds = set(getattr(text, "layer_types", None) or [])
+    if "chunked_attention" in kinds:
+        raise _refuse(name, "it uses chunked attention, whose mask the engine does not reproduce")
+    if getattr(text, "kv_sharing_modes", None) is not None or getattr(text, "num_kv_shared_layers", 0):
+        raise _refuse(name, "some of its layers share another layer's key/value cache")
+    template = DynamicCache(config=config)
+    out: list[int | None] = []
+    for i, layer in enumerate(template.layers):
+        if type(layer) not in _FORKABLE:
+            kind = (text.layer_types[i] if getattr(text, "layer_types", None) else type(layer).__name__)
+            raise _refuse(name, f"layer {i} is a {kind!r} layer ({type(layer).__name__})")
+        out.append(int(layer.sliding_window) if isinstance(layer, DynamicSlidingWindowLayer) else None)
+    return out
+
+
+def check_cache(cache, windows: list[int | None], name: str) -> None:
+    """Check that a model's own output cache has the layout :func:`layer_windows` predicted.
+
+    Run once at load on a two-token probe, so that a model whose forward builds another kind of
+    cache (a state-space or hybrid cache, a custom class) is refused before any real work.
+    """
+    if not isinstance(cache, DynamicCache) or not hasattr(cache, "layers"):
+        raise _refuse(name, f"its forward returns a {type(cache).__name__}, not a DynamicCache")
+    if len(cache.layers) != len(windows):
+        raise _refuse(name, f"its cache has {len(cache.layers)} layers where its config declares {len(windows)}")
+    for i, (layer, w) in enumerate(zip(cache.layers, windows)):
+        want = DynamicLayer if w is None else DynamicSlidingWindowLayer
+        keys = getattr(layer, "keys", None)
+        if type(layer) is not want or not isinstance(keys, torch.Tensor) or keys.dim() != 4:
+            raise _refuse(name, f"cache layer {i} is a {type(layer).__name__} without plain [B, H, L, D] keys")
+
+
+def make_cache(keys, values, windows: list[int | None], length: int):
+    """A DynamicCache over stored per-layer tensors (no copy) for sequences of padded ``length``.
+
+    Sliding layers get a :class:`DynamicSlidingWindowLayer` that knows it has seen ``length``
+    slots, so transformers sizes its mask (offset ``length - window + 1``) and trims it after the
+    forward exactly as in its own generation loop. ``DynamicCache(ddp_cache_data=...)`` would
+    copy every layer by concatenation (about 20% of a tiny model's step); layers are filled
+    directly instead.
+    """
+    layers = []
+    for k, v, w in zip(keys, values, windows):
+        layer = DynamicLayer() if w is None else DynamicSlidingWindowLayer(sliding_window=w)
+        layer.lazy_initialization(k, v)
+        layer.keys, layer.values = k, v
+        if w is not None:
+            layer.cumulative_length = int(length)
+        layers.append(layer)
+    cache = DynamicCache()
+    cache.layers = layers
+    return cache
+
+
+def cache_kwarg(model) -> str:
+    """The forward keyword that takes a cache: ``cache`` (transformers >= 5.2x; the old name
+    ``past_key_values`` warns and goes away in 5.40) or ``past_key_values`` (earlier 5.x)."""
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out):
+    """The cache a forward returned, under either name (reading the old name warns)."""
+    got = out.get("cache") if hasattr(out, "get") else None
+    return got if got is not None else out.past_key_values

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .cache import NodeStore
+from .cache import NodeStore, cache_kwarg, check_cache, layer_windows, make_cache, output_cache
 from .text import TokenizerSide
 
 # Config attribute names under which architectures store their context window.
@@ -98,6 +98,10 @@ class HFExpert(TokenizerSide):
                 self.context_window = val
                 break
         self.max_batch = max_batch
+        # Per layer: sliding window or None; refuses unforkable caches here, not mid-run.
+        self.layer_windows = layer_windows(model, name)
+        self._cache_kw = cache_kwarg(model)
+        self._probe_cache()
         self.store = NodeStore()
         self.forward_calls = 0
         self.forward_rows = 0
@@ -156,8 +160,8 @@ class HFExpert(TokenizerSide):
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=cache,
                 use_cache=True,
+                **{self._cache_kw: cache},
             )
         return out
 
@@ -197,7 +201,7 @@ class HFExpert(TokenizerSide):
             ids, mask = ids.to(self.device), mask.to(self.device)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             out = self._run(ids, mask, pos, None)
-            cache = out.past_key_values
+            cache = output_cache(out)
             ks = [layer.keys for layer in cache.layers]
             vs = [layer.values for layer in cache.layers]
             new = self.store.add_group(ks, vs, mask, mask.sum(-1))
@@ -215,30 +219,18 @@ class HFExpert(TokenizerSide):
         lps = torch.stack([lps_u[u] for u in order])
         return nodes, lps
 
-    def _cache_from(self, keys, values):
-        """A DynamicCache over stored tensors, without copying them.
+    def _probe_cache(self) -> None:
+        """One two-token forward at load: the cache the model really builds must be the layout
+        :func:`layer_windows` read from its config (a model whose forward makes a state-space or
+        custom cache is refused now, with a message, instead of failing mid-run)."""
+        ids = torch.zeros(1, 2, dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, use_cache=True)
+        check_cache(output_cache(out), self.layer_windows, self.name)
 
-        ``DynamicCache(ddp_cache_data=...)`` fills each layer by concatenating the data onto an
-        empty tensor — a full copy of the KV cache per layer per decode step (about 20% of a
-        tiny model's step). Layers are filled directly instead; transformers versions whose
-        layer objects differ fall back to the copying constructor.
-        """
-        from transformers import DynamicCache
-
-        try:
-            from transformers.cache_utils import DynamicLayer
-
-            layers = []
-            for k, v in zip(keys, values):
-                layer = DynamicLayer()
-                layer.lazy_initialization(k, v)
-                layer.keys, layer.values = k, v
-                layers.append(layer)
-            cache = DynamicCache()
-            cache.layers = layers
-            return cache
-        except (ImportError, AttributeError, TypeError):
-            return DynamicCache(ddp_cache_data=list(zip(keys, values)))
+    def _cache_from(self, keys, values, length: int):
+        """A cache over stored tensors of padded ``length`` (no copy; see cache.make_cache)."""
+        return make_cache(keys, values, self.layer_windows, length)
 
     def extend(self, parents: list[int], tokens: list[int]) -> tuple[list[int], torch.Tensor]:
         """One new token after each parent node; returns (new node ids, log-probs [M, V]).
@@ -260,8 +252,8 @@ class HFExpert(TokenizerSide):
                 )
             ids = torch.tensor(tok, dtype=torch.long, device=self.device)[:, None]
             full_mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            out = self._run(ids, full_mask, next_pos[:, None], self._cache_from(keys, values))
-            cache = out.past_key_values
+            out = self._run(ids, full_mask, next_pos[:, None], self._cache_from(keys, values, mask.shape[1]))
+            cache = output_cache(out)
             ks = [layer.keys for layer in cache.layers]
             vs = [layer.values for layer in cache.layers]
             nodes.extend(self.store.add_group(ks, vs, full_mask, next_pos + 1))
@@ -290,7 +282,7 @@ class HFExpert(TokenizerSide):
             ids, cm = ids.to(self.device), cm.to(self.device)
             full_mask = torch.cat([mask, cm], dim=1)
             pos = next_pos[:, None] + torch.arange(width, device=self.device)[None, :]
-            out = self._run(ids, full_mask, pos, self._cache_from(keys, values))
+            out = self._run(ids, full_mask, pos, self._cache_from(keys, values, mask.shape[1]))
             lp = self._logprobs(out.logits)
             for r, c in enumerate(chs):
                 outs.append(lp[r, : len(c)])

@@ -1,0 +1,206 @@
+"""Architecture conformance matrix: tiny random configs of the families people combine.
+
+For each family, on prompts longer than its sliding window (where it has one), with batches of
+mixed lengths split over several cache groups (``max_batch=2``) whose rows fork and finish at
+different steps: one-hot decoding equals the model's own greedy ``generate``, and scoring equals
+its own forward pass (float32, |Δ| < 1e-4). Plus the sliding-window regression of issue 11
+point 3 and the load-time refusal of caches the engine cannot fork.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import train_tokenizer
+from test_token_engine import own_loglik
+
+import logit_swarm as ls
+from logit_swarm.decode import generate_rows
+
+WINDOW = 4  # sliding window of every family that has one: far shorter than the prompts
+
+# family -> (config class name, extra config fields). Sizes are tiny so the matrix takes seconds.
+ARCHS = {
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {"sliding_window": WINDOW}),
+    "gemma2": ("Gemma2Config", {"sliding_window": WINDOW, "head_dim": 8, "final_logit_softcapping": 3.0,
+                                "attn_logit_softcapping": 5.0,
+                                "layer_types": ["sliding_attention", "full_attention"]}),
+    "gemma3": ("Gemma3TextConfig", {"sliding_window": WINDOW, "head_dim": 8, "final_logit_softcapping": 3.0,
+                                    "layer_types": ["sliding_attention", "full_attention"]}),
+    "qwen2": ("Qwen2Config", {"use_sliding_window": True, "sliding_window": WINDOW, "max_window_layers": 1}),
+    "qwen3": ("Qwen3Config", {"head_dim": 8, "use_sliding_window": True, "sliding_window": WINDOW,
+                              "max_window_layers": 1}),
+    "phi3": ("Phi3Config", {"sliding_window": WINDOW, "pad_token_id": None}),
+    "gpt2": ("GPT2Config", {}),
+    "gpt_neox": ("GPTNeoXConfig", {"rotary_pct": 0.5}),
+    "olmo2": ("Olmo2Config", {}),
+    "falcon": ("FalconConfig", {"new_decoder_architecture": True, "num_kv_heads": 2}),
+}
+SLIDING = {"mistral", "gemma2", "gemma3", "qwen2", "qwen3", "phi3"}
+
+PROMPTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello",
+    "def add(a, b):\n    return a + b\n",
+    "Alice went to the market and bought 12 apples",
+    "In 1999",
+]
+
+
+def tiny_config(arch: str, tok, positions: int = 256):
+    """A random-initialisable config of ``arch`` over ``tok`` (2 layers, width 32)."""
+    import transformers
+
+    cls_name, extra = ARCHS[arch]
+    common = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id, initializer_range=0.2, tie_word_embeddings=False)
+    if arch == "gpt2":
+        kw = dict(n_positions=positions, n_embd=32, n_layer=2, n_head=4)
+    else:
+        kw = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=positions)
+        if arch not in ("gpt_neox", "falcon"):
+            kw["num_key_value_heads"] = 2
+    kw.update(common)
+    kw.update(extra)
+    return getattr(transformers, cls_name)(**kw)
+
+
+def build(arch: str, tok, out, seed: int = 0, **overrides):
+    """Save a random tiny ``arch`` model with ``tok`` to ``out``; returns the directory."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config(arch, tok)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return train_tokenizer("bytelevel", 320, tmp_path_factory.mktemp("arch_tok"))
+
+
+@pytest.fixture(scope="module")
+def pairs(tok, tmp_path_factory):
+    """arch -> two loaded experts (different seeds) of that family; max_batch=2 forces
+    several cache groups of different lengths per call."""
+    root = tmp_path_factory.mktemp("arch")
+    out = {}
+    for arch in ARCHS:
+        a = build(arch, tok, root / f"{arch}_a", seed=1)
+        b = build(arch, tok, root / f"{arch}_b", seed=2)
+        out[arch] = (ls.load_expert(a, max_batch=2), ls.load_expert(b, max_batch=2))
+    return out
+
+
+def own_greedy(e, prompt: str, n: int) -> list[int]:
+    """The model's own greedy ``generate`` on one unpadded prompt (token ids, EOS included)."""
+    enc = e.tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = e.model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=e.tokenizer.pad_token_id,
+                               eos_token_id=list(e.stop_ids) or None)
+    return out[0, enc["input_ids"].shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_layout_is_read_from_the_config(pairs, arch):
+    e = pairs[arch][0]
+    assert len(e.layer_windows) == 2
+    if arch in ("gemma2", "gemma3", "qwen2", "qwen3"):
+        assert e.layer_windows == [WINDOW, None] if arch.startswith("gemma") else [None, WINDOW]
+    elif arch in SLIDING:
+        assert e.layer_windows == [WINDOW, WINDOW]
+    else:
+        assert e.layer_windows == [None, None]
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_one_hot_decoding_equals_own_greedy_generate(pairs, arch):
+    """Two experts of one family; each prompt twice, once one-hot on each expert: the two rows
+    share the prompt state and fork when their picks differ; per-row max_new_tokens make rows
+    finish at different steps."""
+    a, b = pairs[arch]
+    prompts = [p for p in PROMPTS for _ in (0, 1)]
+    W = np.array([[1.0, 0.0], [0.0, 1.0]] * len(PROMPTS))
+    max_new = [6 + (r % 5) * 2 for r in range(len(prompts))]
+    outs = generate_rows([a, b], "token", prompts, W, "probs", max_new)
+    for r, (p, o) in enumerate(zip(prompts, outs)):
+        e = a if W[r, 0] == 1 else b
+        want = own_greedy(e, p, max_new[r])
+        assert o.units == want, (arch, r, p)
+    if arch in SLIDING:
+        assert max(len(e.encode(p)) for p in PROMPTS) > 2 * WINDOW
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_one_hot_scoring_equals_own_forward(pairs, arch):
+    e = pairs[arch][0]
+    ctx = [p[: len(p) // 2] for p in PROMPTS] + [""]
+    cont = [p[len(p) // 2:] for p in PROMPTS] + ["Numbers: 1 2 3 4 5 6 7"]
+    got = ls.Ensemble([e], weights=[1.0]).logprob(ctx, cont)
+    for g, c, x in zip(got, ctx, cont):
+        assert abs(g - own_loglik(e, c, x)) < 1e-4, (arch, c, x)
+
+
+def test_sliding_window_regression_issue_11_point_3(tok, tmp_path):
+    """Issue 11 point 3 exactly: a tiny Mistral with sliding_window=4, prompts longer than the
+    window, batched rows from groups of different lengths. Decoding used to fail in
+    experts/cache.py with "Sizes of tensors must match" (the cache keeps window-1 keys for
+    sliding layers while the stored mask keeps the full length)."""
+    path = build("mistral", tok, tmp_path / "mistral_sw4", seed=3)
+    e = ls.load_expert(path, max_batch=2)
+    assert e.layer_windows == [4, 4]
+    prompts = ["Hello world, the quick brown fox", "The", "def add(a, b):\n    return a + b\n",
+               "Numbers: 0 1 2 3"]
+    assert all(len(e.encode(p)) > 4 for p in prompts if p != "The")
+    got = ls.Ensemble([e], weights=[1.0]).generate(prompts, max_new_tokens=8, return_details=True)
+    for p, g in zip(prompts, got):
+        assert g.units == own_greedy(e, p, 8)
+    assert len(e.store) == 0  # every node released
+
+
+def test_byte_level_sliding_window_experts_run(pairs, tok, tmp_path):
+    """Byte units gather paths from many cache groups: a Gemma-2-shaped and a Mistral-shaped
+    expert over different tokenizers mix at byte level, with a one-hot row equal to the byte
+    view of the Gemma expert's own distribution (probabilities sum to one)."""
+    tok_sp = train_tokenizer("sentencepiece", 420, tmp_path / "tok_sp")
+    g = ls.load_expert(build("gemma2", tok_sp, tmp_path / "gemma2_sp", seed=4))
+    m = pairs["mistral"][0]
+    ens = ls.Ensemble([g, m], weights=[0.5, 0.5])
+    assert ens.unit == "byte"
+    texts = ens.generate(PROMPTS[:3], max_new_tokens=12)
+    assert len(texts) == 3
+    lp = ens.logprob(PROMPTS[:3], [" and then", " world", "x"])
+    assert all(np.isfinite(v) and v < 0 for v in lp)
+    assert len(g.store) == 0 and len(m.store) == 0
+
+
+def test_unforkable_caches_are_refused_at_load(tok, tmp_path):
+    """A model whose cache is not per-token keys/values (here: a linear-attention layer
+    declared in layer_types) is refused when it is loaded, naming the layer, never mid-run."""
+    from transformers import Qwen3NextConfig
+
+    cfg = Qwen3NextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_experts=2,
+                          num_experts_per_tok=1, moe_intermediate_size=16, shared_expert_intermediate_size=16,
+                          linear_num_value_heads=2, linear_num_key_heads=2, linear_key_head_dim=8,
+                          linear_value_head_dim=8, layer_types=["linear_attention", "full_attention"],
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(cfg)
+    with pytest.raises(ValueError, match="layer 0 is a 'linear_attention' layer.*cannot fork"):
+        ls.experts.hf.HFExpert(model, tok, name="hybrid")
+    path = tmp_path / "hybrid"
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    with pytest.raises(ValueError, match="expert 'hybrid'.*linear_attention"):
+        ls.load_expert(str(path))
