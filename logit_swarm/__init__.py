@@ -12,8 +12,10 @@ Public names (DESIGN.md §4)::
 
 from .ensemble import Ensemble, choose_unit, load_expert
 from .score import ScoreTable, build_table
+from .windows import TruncationWarning, truncation_run
 
-__all__ = ["Ensemble", "ScoreTable", "build_table", "choose_unit", "load_expert"]
+__all__ = ["Ensemble", "ScoreTable", "TruncationWarning", "build_table", "choose_unit", "load_expert",
+           "truncation_run"]
 __version__ = "0.1.0"
 
 from .search import swarm_search  # noqa: E402

@@ -34,6 +34,7 @@ import torch
 from .align.bytes import STOP as BYTE_STOP
 from .align.bytes import ByteTrack, split_prompt
 from .mixing import greedy_probs, mix_logprobs, sample_units
+from .windows import fit_prompt, truncation_run
 
 
 class TokenTrack:
@@ -221,6 +222,9 @@ def generate_rows(
         seed: an int or None (row r samples from the stream (seed, r)), or one entry per row:
             a (seed, stream) pair or None (fresh entropy). Rows with temperature 0 draw nothing.
         stop: None, a list of strings (every row), or one list of strings (or None) per row.
+        truncation: "left" (default: an expert whose window is too short sees the prompt's
+            end, keeping room for the new units), "error", or None (the enclosing run's); see
+            logit_swarm/windows.py.
         on_step: called with a :class:`Step` after the units of each step are picked.
     """
     n_rows = len(prompts)
@@ -245,18 +249,19 @@ def generate_rows(
         row_key.append(prompt_key[k])
         reserve[prompt_key[k]] = max(reserve[prompt_key[k]], max_new[r])
 
+    # Each expert's prompts, fitted to its window; cuts are reported once for the whole call.
+    with truncation_run(truncation) as policy:
+        starts = [[_fit(e, prompt_ids_for(e, p), unit, reserve[i], isinstance(p, str) and p == "", policy)
+                   for i, p in enumerate(uniq_prompts)] for e in experts]
     tracks, states = [], []  # states[e][key] = that expert's state for state key
     try:
-        for e in experts:
-            ids = [prompt_ids_for(e, p) for p in uniq_prompts]
-            ids = [_truncate(e, x, reserve[i] if unit == "token" else 0, truncation) for i, x in enumerate(ids)]
+        for e, fitted in zip(experts, starts):
             if unit == "token":
                 tr = TokenTrack(e)
-                st = tr.start(ids)
+                st = tr.start(fitted)
             else:
                 tr = ByteTrack(e, beam=byte_beam, prune=byte_prune)
-                splits = [split_prompt(e, x, isinstance(p, str) and p == "") for x, p in zip(ids, uniq_prompts)]
-                st = tr.start([h for h, _ in splits], [t for _, t in splits])
+                st = tr.start([h for h, _ in fitted], [t for _, t in fitted])
             tracks.append(tr)
             states.append(dict(enumerate(st)))
         next_key = len(uniq_prompts)
@@ -396,15 +401,18 @@ def _first_stop(text: str, stop: list[str]) -> int | None:
     return min(cuts) if cuts else None
 
 
-def _truncate(expert, ids: list[int], reserve: int, truncation: str | None) -> list[int]:
-    """Apply the truncation policy to a prompt's ids (None: raise when it does not fit)."""
+def _fit(expert, ids: list[int], unit: str, max_new: int, text_is_empty: bool, policy: str | None):
+    """The start of one prompt for one expert, fitted to its window (windows.fit_prompt).
+
+    Token units: the prompt keeps room for ``max_new`` tokens. Byte units: (head ids, tail
+    bytes) of align/bytes.py; the head is what gets cut, keeping room for the tail bytes and
+    ``min(max_new, window // 2)`` new bytes (new bytes are not tokens yet, and each token
+    carries at least one byte, so this room never runs short before that many bytes).
+    """
+    what = f"prompt ({len(ids)} tokens) plus {max_new} new tokens" if unit == "token" else "prompt"
+    if unit == "token":
+        return fit_prompt(expert, ids, max_new, policy, what)
+    head, tail = split_prompt(expert, ids, text_is_empty)
     window = expert.context_window
-    if window is None or len(ids) + reserve <= window:
-        return ids
-    if truncation == "left":
-        keep = max(1, window - reserve)
-        return ids[-keep:]
-    if truncation not in (None, "error"):
-        raise ValueError(f"unknown truncation policy {truncation!r}; use None or 'left'")
-    expert.check_length(len(ids) + reserve, what=f"prompt ({len(ids)} tokens) plus {reserve} new tokens")
-    return ids
+    room = len(tail) + (min(max_new, window // 2) if window else max_new)
+    return fit_prompt(expert, head, room, policy, what), tail

@@ -14,6 +14,7 @@ import numpy as np
 from .decode import Generation, generate_rows
 from .mixing import as_weight_matrix, check_mode
 from .score import build_table
+from .windows import check_policy
 
 
 def load_expert(path_or_url, device="cpu", dtype=None, backend: str | None = None, **kwargs):
@@ -114,12 +115,16 @@ class Ensemble:
         byte_beam, byte_prune: pruning of the byte-level tokenization marginal (align/bytes.py):
             paths kept per byte position and relative probability threshold. None / 0 = exact.
         decoding: default decoding settings stored in recipes (max_new_tokens, temperature, ...).
+        truncation: what an expert whose context window is too short sees: "left" (the end of
+            the text that fits, at that expert only; reported once per call), "error", or None
+            (the enclosing run's policy, default "left"); see logit_swarm/windows.py.
     """
 
     def __init__(self, experts, weights=None, mode: str = "probs", unit: str | None = None,
                  byte_beam: int | None = 8, byte_prune: float = 1e-4, decoding: dict | None = None,
-                 provenance: dict | None = None):
+                 provenance: dict | None = None, truncation: str | None = None):
         self.experts = _check_experts(experts)
+        self.truncation = check_policy(truncation)
         self.mode = check_mode(mode)
         n = len(self.experts)
         if weights is None:
@@ -161,7 +166,7 @@ class Ensemble:
             stop: a string or list of strings; generation stops before the first occurrence.
             weights: per-row weights [len(prompts), N] (a whole swarm in one call) or one vector.
             top_p: nucleus sampling threshold (1 = off).
-            truncation: None (error when a prompt does not fit) or "left" (keep its end).
+            truncation: "left", "error" or None (the ensemble's own ``truncation``).
             return_details: return :class:`Generation` objects (units, log-probs, finish reason).
         """
         if isinstance(prompts, str):
@@ -180,21 +185,24 @@ class Ensemble:
         W = self._row_weights(weights, len(prompts))
         outs: list[Generation] = generate_rows(
             self.experts, self.unit, prompts, W, self.mode, max_new_tokens, temperature, top_p,
-            seed, stop, truncation, self.byte_beam, self.byte_prune, progress,
+            seed, stop, check_policy(truncation) or self.truncation, self.byte_beam, self.byte_prune, progress,
         )
         return outs if return_details else [o.text for o in outs]
 
-    def table(self, contexts, continuations, keep_full: bool | None = None):
-        """Per-expert :class:`~logit_swarm.score.ScoreTable` of the pairs (runs the experts once)."""
+    def table(self, contexts, continuations, keep_full: bool | None = None, truncation: str | None = None):
+        """Per-expert :class:`~logit_swarm.score.ScoreTable` of the pairs (runs the experts once).
+
+        ``truncation``: "left", "error" or None (the ensemble's own)."""
         if keep_full is None:
             keep_full = self.mode == "logits"
         return build_table(self.experts, contexts, continuations, self.unit, keep_full,
-                           self.byte_beam, self.byte_prune)
+                           self.byte_beam, self.byte_prune, check_policy(truncation) or self.truncation)
 
-    def logprob(self, contexts, continuations, weights=None) -> list[float]:
+    def logprob(self, contexts, continuations, weights=None, truncation: str | None = None) -> list[float]:
         """log P(continuation | context) in nats for each pair (DESIGN.md §3 "score").
 
         ``weights``: one vector, or one row per pair ([pairs, N]); default the ensemble's.
+        ``truncation``: "left", "error" or None (the ensemble's own).
         """
         if isinstance(contexts, str) or isinstance(continuations, str):
             raise ValueError("contexts and continuations must be lists of strings")
@@ -204,7 +212,7 @@ class Ensemble:
         if not contexts:
             raise ValueError("no (context, continuation) pairs given")
         W = self._row_weights(weights, len(contexts))
-        t = self.table(contexts, continuations)
+        t = self.table(contexts, continuations, truncation=truncation)
         return t.logprob_rows(W, self.mode).tolist()
 
     # ------------------------------------------------------------------ recipes

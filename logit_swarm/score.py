@@ -25,6 +25,7 @@ import torch
 
 from .align.bytes import ByteTrack, split_prompt
 from .mixing import LOGP_FLOOR, check_mode, normalised_probs_weights
+from .windows import fit_pair, fit_prompt, truncation_run
 
 
 @dataclass
@@ -136,8 +137,32 @@ def _token_pairs(expert, contexts, continuations):
     return out
 
 
-def token_tables(experts, contexts, continuations, keep_full: bool = False):
-    """Per-expert unit log-probs (and optionally full distributions) at token level."""
+def _segment_dists(e, segs) -> list[torch.Tensor]:
+    """Per segment (conditioning ids, scored ids): ``[len(scored), V]`` next-token log-probs,
+    row t being the distribution of scored token t. One batched pass over all segments."""
+    if hasattr(e, "forced_logprobs"):
+        # Experts that answer with top-k (remote, vLLM): one teacher-forced call whose rows
+        # carry each scored token's own exact log-probability.
+        return list(e.forced_logprobs([p for p, _ in segs], [c for _, c in segs]))
+    nodes, first = e.prefill([p for p, _ in segs])
+    try:
+        # Feed all scored tokens but the last: row t predicts token t+1.
+        feed = [c[:-1] for _, c in segs]
+        with_rest = [k for k, f in enumerate(feed) if f]
+        rest = e.score_chunks([nodes[k] for k in with_rest], [feed[k] for k in with_rest]) if with_rest else []
+        rest_of = dict(zip(with_rest, rest))
+        return [torch.cat([first[k : k + 1], rest_of[k]], 0) if k in rest_of else first[k : k + 1]
+                for k in range(len(segs))]
+    finally:
+        for nid in nodes:
+            e.store.release(nid)
+
+
+def token_tables(experts, contexts, continuations, keep_full: bool = False, truncation: str | None = None):
+    """Per-expert unit log-probs (and optionally full distributions) at token level.
+
+    A pair that does not fit an expert's window is scored by that expert in segments (see
+    windows.fit_pair); with everything fitting, each pair is one segment."""
     per_expert_lp, per_expert_full, units_ref = [], [], None
     for e in experts:
         pairs = _token_pairs(e, contexts, continuations)
@@ -149,50 +174,41 @@ def token_tables(experts, contexts, continuations, keep_full: bool = False):
                 f"expert {e.name!r} tokenizes the continuations differently from {experts[0].name!r}; "
                 "token-level scoring needs one shared tokenizer (use byte units)"
             )
-        for p, c in pairs:
-            e.check_length(len(p) + len(c), what="context plus continuation")
-        todo = [i for i, (_, c) in enumerate(pairs) if c]
+        segs, owner = [], []
+        for i, (p, c) in enumerate(pairs):
+            if c:
+                for seg in fit_pair(e, p, c, truncation):
+                    segs.append(seg)
+                    owner.append(i)
         lp_units = [np.zeros(0)] * len(pairs)
         full_units = [None] * len(pairs)
-        if todo and hasattr(e, "forced_logprobs"):
-            # Experts that answer with top-k (remote, vLLM): one teacher-forced call whose rows
-            # carry each scored token's own exact log-probability.
-            dists = e.forced_logprobs([pairs[i][0] for i in todo], [pairs[i][1] for i in todo])
-            for k, i in enumerate(todo):
-                tok = torch.tensor(pairs[i][1], device=dists[k].device)
-                lp_units[i] = dists[k].gather(1, tok[:, None])[:, 0].double().cpu().numpy()
-                if keep_full:
-                    full_units[i] = dists[k].cpu().numpy()
-        elif todo:
-            nodes, first = e.prefill([pairs[i][0] for i in todo])
-            # Feed all continuation tokens but the last: row t predicts token t+1.
-            feed = [pairs[i][1][:-1] for i in todo]
-            with_rest = [k for k, f in enumerate(feed) if f]
-            rest_lp = e.score_chunks([nodes[k] for k in with_rest], [feed[k] for k in with_rest]) if with_rest else []
-            rest_of = dict(zip(with_rest, rest_lp))
-            for k, i in enumerate(todo):
-                cont = pairs[i][1]
-                dist = first[k : k + 1]
-                if k in rest_of:
-                    dist = torch.cat([dist, rest_of[k]], 0)
-                tok = torch.tensor(cont, device=dist.device)
-                lp_units[i] = dist.gather(1, tok[:, None])[:, 0].double().cpu().numpy()
-                if keep_full:
-                    full_units[i] = dist.cpu().numpy()
-            for nid in nodes:
-                e.store.release(nid)
+        parts: dict[int, list[torch.Tensor]] = {}
+        for i, d in zip(owner, _segment_dists(e, segs) if segs else []):
+            parts.setdefault(i, []).append(d)
+        for i, ds in parts.items():
+            dist = torch.cat(ds, 0) if len(ds) > 1 else ds[0]
+            tok = torch.tensor(pairs[i][1], device=dist.device)
+            lp_units[i] = dist.gather(1, tok[:, None])[:, 0].double().cpu().numpy()
+            if keep_full:
+                full_units[i] = dist.cpu().numpy()
         per_expert_lp.append(lp_units)
         per_expert_full.append(full_units)
     return per_expert_lp, per_expert_full
 
 
-def byte_tables(experts, contexts, continuations, keep_full: bool = False, beam=8, prune=1e-4):
-    """Per-expert unit log-probs (and optionally full 257-way distributions) at byte level."""
+def byte_tables(experts, contexts, continuations, keep_full: bool = False, beam=8, prune=1e-4,
+                truncation: str | None = None):
+    """Per-expert unit log-probs (and optionally full 257-way distributions) at byte level.
+
+    An expert whose window cannot hold a context's head plus room for its continuation (one
+    token per byte at most, tail bytes included) sees the head's end (windows.fit_prompt)."""
     conts = [c.encode("utf-8") for c in continuations]
     per_expert_lp, per_expert_full = [], []
     for e in experts:
         tr = ByteTrack(e, beam=beam, prune=prune)
         splits = [split_prompt(e, e.encode(c), c == "") for c in contexts]
+        splits = [(fit_prompt(e, h, len(t) + len(x), truncation, "context plus continuation"), t)
+                  for (h, t), x in zip(splits, conts)]
         states = tr.start([h for h, _ in splits], [t for _, t in splits])
         lp_units = [np.zeros(len(c)) for c in conts]
         full_units = [np.zeros((len(c), 257)) for c in conts] if keep_full else None
@@ -217,7 +233,7 @@ def byte_tables(experts, contexts, continuations, keep_full: bool = False, beam=
 
 
 def build_table(experts, contexts, continuations, unit: str | None = None, keep_full: bool = False,
-                byte_beam: int | None = 8, byte_prune: float = 1e-4) -> ScoreTable:
+                byte_beam: int | None = 8, byte_prune: float = 1e-4, truncation: str | None = None) -> ScoreTable:
     """Run the experts once over (context, continuation) pairs and keep what they said.
 
     Args:
@@ -225,6 +241,9 @@ def build_table(experts, contexts, continuations, unit: str | None = None, keep_
         contexts, continuations: equal-length lists of strings.
         unit: "token" or "byte"; default: token if all experts share a tokenizer, else byte.
         keep_full: also keep full distributions (needed to evaluate mode "logits").
+        truncation: "left" (default: an expert whose window is too short sees the end of the
+            text; reported once per run), "error", or None (the enclosing run's policy); see
+            logit_swarm/windows.py.
     """
     from .ensemble import choose_unit
 
@@ -237,12 +256,13 @@ def build_table(experts, contexts, continuations, unit: str | None = None, keep_
         if not isinstance(x, str):
             raise ValueError(f"contexts and continuations must be strings, got {type(x).__name__}")
     unit = unit or choose_unit(experts)
-    if unit == "token":
-        lps, fulls = token_tables(experts, contexts, continuations, keep_full)
-    elif unit == "byte":
-        lps, fulls = byte_tables(experts, contexts, continuations, keep_full, byte_beam, byte_prune)
-    else:
+    if unit not in ("token", "byte"):
         raise ValueError(f"unknown unit {unit!r}; use 'token' or 'byte'")
+    with truncation_run(truncation) as policy:
+        if unit == "token":
+            lps, fulls = token_tables(experts, contexts, continuations, keep_full, policy)
+        else:
+            lps, fulls = byte_tables(experts, contexts, continuations, keep_full, byte_beam, byte_prune, policy)
     n = len(contexts)
     num_units = np.array([len(lps[0][i]) for i in range(n)], dtype=np.int64)
     if num_units.sum():

@@ -200,8 +200,9 @@ def test_errors(experts, tiny_dirs, tmp_path):
     with pytest.raises(ValueError, match="no prompts"):
         ens.generate([])
     with pytest.raises(ValueError, match="context window"):
-        ens.generate(["word " * 600], max_new_tokens=4)
-    out = ens.generate(["word " * 600], max_new_tokens=4, truncation="left")
+        ens.generate(["word " * 600], max_new_tokens=4, truncation="error")
+    with pytest.warns(ls.TruncationWarning, match="saw only the end"):
+        out = ens.generate(["word " * 600], max_new_tokens=4)  # default "left" (issue 11)
     assert len(out) == 1
 
 

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..windows import add_truncation_argument
+
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``generate`` sub-command."""
@@ -36,6 +38,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", help="stop string (repeatable; default: the recipe's)")
     p.add_argument("--device", default="cpu", help="device for the experts (default: cpu)")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt: {prompt, output}")
+    add_truncation_argument(p)
     p.set_defaults(func=run)
     return p
 
@@ -91,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     if dec.get("chat"):  # the task sent prompts as one user message; so do we
         rows = [[{"role": "user", "content": p}] for p in prompts]
     print(f"generating {len(prompts)} continuation(s), up to {max_new} {ens.unit}s each ...", file=sys.stderr)
-    outs = ens.generate(rows, max_new_tokens=max_new, temperature=temperature, seed=seed, stop=stop)
+    outs = ens.generate(rows, max_new_tokens=max_new, temperature=temperature, seed=seed, stop=stop,
+                        truncation=args.truncation)
     for i, (p, o) in enumerate(zip(prompts, outs)):
         if args.json:
             print(json.dumps({"prompt": p, "output": o}, ensure_ascii=False))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from ..windows import add_truncation_argument
+
 
 def register(sub) -> None:
     """Add the ``score`` sub-command."""
@@ -18,6 +20,7 @@ def register(sub) -> None:
     p.add_argument("--recipe", required=True, help="recipe JSON (from `search` or Ensemble.save)")
     p.add_argument("--file", required=True, help="JSONL with context/continuation fields, or - for stdin")
     p.add_argument("--device", default="cpu")
+    add_truncation_argument(p)
     p.set_defaults(func=run)
 
 
@@ -40,7 +43,7 @@ def run(args) -> int:
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise ValueError(f"{args.file}:{n}: expected a JSON object with 'context' and 'continuation'") from None
     ens = Ensemble.load(args.recipe, device=args.device)
-    for c, x, s in zip(ctx, cont, ens.logprob(ctx, cont)):
+    for c, x, s in zip(ctx, cont, ens.logprob(ctx, cont, truncation=args.truncation)):
         nb = len(x.encode("utf-8"))
         bpb = -s / math.log(2) / nb if nb else 0.0
         print(json.dumps({"context": c, "continuation": x, "logprob": s, "bits_per_byte": bpb}, ensure_ascii=False))

@@ -21,6 +21,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..windows import add_truncation_argument
+
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``serve`` sub-command."""
@@ -51,6 +53,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="the most rows (prompts × n) one batch decodes, also the per-request limit (default 64)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no access log on stderr")
+    add_truncation_argument(p)
     p.set_defaults(func=run)
     return p
 
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         experts = [ls.load_expert(d, device=args.device) for d in args.experts]
         ens = ls.Ensemble(experts, weights=args.weights, mode=args.mode or "probs")
         name = args.model_name
+    ens.truncation = args.truncation  # what an expert with a short window sees (windows.py)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         say(f"warning: listening on {args.host} without --api-key: anyone who can reach it can use it")
     server = make_server(ens, host=args.host, port=args.port, api_key=args.api_key,

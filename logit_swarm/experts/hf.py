@@ -247,8 +247,9 @@ class HFExpert(TokenizerSide):
             keys, values, mask, next_pos = self.store.gather(par)
             if self.context_window is not None and int(next_pos.max()) + 1 > self.context_window:
                 raise ValueError(
-                    f"generation reached expert {self.name!r}'s context window of {self.context_window} "
-                    "tokens; lower max_new_tokens or shorten the prompt"
+                    f"the text reached expert {self.name!r}'s context window of {self.context_window} "
+                    "tokens; lower max_new_tokens or shorten the text (truncation='left' makes room "
+                    "only when the text starts)"
                 )
             ids = torch.tensor(tok, dtype=torch.long, device=self.device)[:, None]
             full_mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)

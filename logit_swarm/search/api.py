@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ..windows import truncation_run
 from ._common import float_to_json, make_rng
 from .driver import GridResult, SearchResult, expand_grid, run_grid, run_search, sample_configs
 from .pso import SwarmConfig
@@ -341,7 +342,7 @@ def _provenance(task: Any, task_ref: str | None, split: str, seed: int, mode: st
 def swarm_search(experts: Any, task: Any, seed: int = 0, config: Any = None, mode: str = "probs",
                  out_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
                  split: str = "dev", data_dir: str | os.PathLike | None = None,
-                 device: str = "cpu", memo: bool | None = None) -> SwarmResult:
+                 device: str = "cpu", memo: bool | None = None, truncation: str | None = None) -> SwarmResult:
     """Search mixing weights for ``experts`` on ``task`` with Model Swarms PSO.
 
     Every iteration evaluates the whole swarm in one ``task.evaluate(experts, W, split)`` call,
@@ -365,6 +366,9 @@ def swarm_search(experts: Any, task: Any, seed: int = 0, config: Any = None, mod
         memo: remember the experts' next-token distributions across iterations
             (:mod:`.memo`); None = on exactly when the task generates text. Results are the
             same either way; the hit rate is in ``result.memo``.
+        truncation: what an expert whose context window is too short sees: "left" (default;
+            the end of the text, reported once for the whole search) or "error"; a task spec's
+            own ``truncation:`` wins (logit_swarm/windows.py).
 
     Returns:
         A :class:`SwarmResult`.
@@ -387,7 +391,8 @@ def swarm_search(experts: Any, task: Any, seed: int = 0, config: Any = None, mod
     plan = None if (resume and config is None) else load_search_config(config)
     task_obj, task_ref = resolve_task(task, data_dir)
     experts = resolve_experts(experts, device=device)
-    return _search(experts, task_obj, task_ref, int(seed), plan, mode, out_dir, resume, progress, split, memo)
+    with truncation_run(truncation):  # one truncation report for the whole search
+        return _search(experts, task_obj, task_ref, int(seed), plan, mode, out_dir, resume, progress, split, memo)
 
 
 def _search(experts: list, task_obj: Any, task_ref: str | None, seed: int, plan: SearchPlan | None,

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..windows import add_truncation_argument, truncation_run
+
 RUN_FILES = ("checkpoint.json", "history.jsonl", "result.json")
 
 
@@ -44,6 +46,7 @@ def add_pool_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one search setting (value read as YAML), e.g. --set max_iter=20")
     p.add_argument("--device", default="cpu", help="device for the experts (default: cpu)")
+    add_truncation_argument(p)
     p.add_argument("--no-memo", action="store_true", help="do not remember the experts' distributions "
                    "across iterations (on by default for tasks that generate text; results are the same)")
 
@@ -186,8 +189,9 @@ def run(args: argparse.Namespace) -> int:
     n_dev = count_examples(task, "dev")
     print(f"searching on task {task.name!r} (dev" + (f", {n_dev} examples" if n_dev else "")
           + f"), run directory {run_dir}", file=sys.stderr)
-    res = _search(experts, task, ref, args.seed, plan, args.mode, run_dir, args.resume,
-                  progress=not args.quiet, split="dev", memo=False if args.no_memo else None)
+    with truncation_run(args.truncation):  # one truncation report for the whole search
+        res = _search(experts, task, ref, args.seed, plan, args.mode, run_dir, args.resume,
+                      progress=not args.quiet, split="dev", memo=False if args.no_memo else None)
     res.ensemble.save(out)
     if args.plots:
         write_plots(res.history, run_dir, [e.name for e in experts], args.mode, task.name)

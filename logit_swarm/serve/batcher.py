@@ -36,6 +36,7 @@ import torch
 
 from ..decode import _render, generate_rows, prompt_ids_for
 from ..mixing import as_weight_matrix, mix_logprobs
+from ..windows import effective_policy
 from .protocol import ApiError, GenRequest
 
 
@@ -247,9 +248,12 @@ class Batcher:
                         need = len(h) + len(t) + len(p.encode("utf-8"))
                         _fits(e, need, 0, "the echoed prompt")
             room = None
+            cut = effective_policy(getattr(ens, "truncation", None)) == "left" and not req.echo
             for e, need in zip(ens.experts, needs):
                 if e.context_window is not None:
                     r = e.context_window - need
+                    if cut:  # "left": this expert sees the prompt's end, leaving half its window (windows.py)
+                        r = max(r, e.context_window // 2)
                     room = r if room is None else min(room, r)
                     if r < 0 or (r == 0 and not req.echo):
                         raise ApiError(400, f"prompt {i} needs {need} tokens of expert {e.name!r}, whose context "
@@ -358,7 +362,7 @@ class Batcher:
         state = _StreamState(ens, owner) if watch else None
         outs = generate_rows(
             ens.experts, ens.unit, prompts, np.asarray(W), mode, max_new, temps, tops, seeds, stops,
-            None, ens.byte_beam, ens.byte_prune, on_step=state.on_step if state else None,
+            getattr(ens, "truncation", None), ens.byte_beam, ens.byte_prune, on_step=state.on_step if state else None,
         )
         for g, (job, row) in enumerate(owner):
             if job.req.stream:

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ..windows import check_policy, effective_policy
+
 MODES = ("probs", "logits")
 #: How many numbers a likelihood mixture may hold at once (see ``pair_logprobs``).
 MIX_ELEMENTS = 1 << 24
@@ -155,7 +157,8 @@ class EngineCache:
         mode "probs". The table is built by the pool's ensemble so that it uses the same units
         (and byte-alignment settings) as generation.
         """
-        base = (pool.key, split_key, len(contexts), self._digest(contexts, continuations))
+        # The policy in force is part of the key: a table cut under "left" is not the "error" one.
+        base = (pool.key, split_key, len(contexts), self._digest(contexts, continuations), effective_policy())
         full = pool.mode == "logits"
         for keep_full in ((True,) if full else (False, True)):
             if base + (keep_full,) in self.tables:
@@ -186,7 +189,8 @@ class GenerationSettings:
     strip: bool = True
     max_rows: int | None = None  # rows per engine call; None lets the engine batch everything
     chat: bool = False
-    # None: a prompt longer than an expert's context window is an error; "left" keeps its end.
+    # "left": an expert whose window is too short sees the prompt's end; "error" refuses;
+    # None: the task's / run's policy (default "left"). See logit_swarm/windows.py.
     truncation: str | None = None
 
     @classmethod
@@ -205,8 +209,7 @@ class GenerationSettings:
         out = cls(**vals)
         if int(out.max_new_tokens) < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {out.max_new_tokens}")
-        if out.truncation not in (None, "left"):
-            raise ValueError(f"truncation must be null or 'left', got {out.truncation!r}")
+        check_policy(out.truncation)
         if float(out.temperature) < 0:
             raise ValueError(f"temperature must be >= 0 (0 is greedy), got {out.temperature}")
         return out

@@ -18,13 +18,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..windows import check_policy, truncation_run
 from . import backend
 from .records import DataSource, Record
 from .registry import Registry
 
 #: Options every kind accepts.
 COMMON_OPTIONS = frozenset({"name", "kind", "description", "data", "fields", "limit", "version",
-                            "data_dir"})
+                            "data_dir", "truncation"})
 #: Decoding options of generation-based kinds.
 GENERATION_OPTIONS = frozenset({"max_new_tokens", "temperature", "seed", "stop", "strip",
                                 "max_rows", "chat", "truncation"})
@@ -96,6 +97,9 @@ class Task:
         if self.limit is not None and not isinstance(self.limit, (int, Mapping)):
             raise ValueError(f"limit must be an integer or {{split: integer}}, got {self.limit!r}")
         self.data = self._data_source(self.spec.get("data"))
+        # What an expert with a short context window sees: "left" / "error" / None (the run's;
+        # default "left"). Applies to every table and decode of this task (logit_swarm/windows.py).
+        self.truncation = check_policy(self.spec.get("truncation"))
         self.cache = backend.EngineCache()
         self._examples: dict[str, list[Record]] = {}
 
@@ -164,7 +168,8 @@ class Task:
         """Like :meth:`evaluate`, returning the full :class:`EvalResult` (parts, per example)."""
         check_split(split, allow_test)
         pool = backend.resolve_pool(experts, W, mode)
-        result = self._evaluate(pool, split, allow_test)
+        with truncation_run(self.truncation):
+            result = self._evaluate(pool, split, allow_test)
         result.split = split
         return result
 

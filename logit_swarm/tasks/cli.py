@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from ..windows import add_truncation_argument, truncation_run
+
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``eval`` sub-command to the top-level parser."""
@@ -38,6 +40,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a task spec option (value read as YAML), e.g. --set max_new_tokens=4")
     p.add_argument("--device", default="cpu", help="device for the experts (default: cpu)")
+    add_truncation_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--list", action="store_true", help="list task names (available ones with --data)")
     p.set_defaults(func=run)
@@ -88,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--task is required: the recipe does not name the task it was searched on")
     task = load_task(task_ref, data_dir=args.data, **overrides)
     print(f"evaluating on task {task.name!r}, split {args.split!r} ...", file=sys.stderr)
-    result = task.evaluate_detailed(ens, split=args.split, allow_test=args.allow_test)
+    with truncation_run(args.truncation):
+        result = task.evaluate_detailed(ens, split=args.split, allow_test=args.allow_test)
     row = result.row(0)
     if args.json:
         print(json.dumps({"task": task.name, "split": args.split, "n": result.n, **row}))
