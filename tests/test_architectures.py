@@ -204,3 +204,80 @@ def test_unforkable_caches_are_refused_at_load(tok, tmp_path):
     tok.save_pretrained(str(path))
     with pytest.raises(ValueError, match="expert 'hybrid'.*linear_attention"):
         ls.load_expert(str(path))
+
+
+# ------------------------------------------------------------------ model/config edge cases
+def test_eos_token_id_list_stops_at_any_of_them(tok, tmp_path):
+    """Models whose eos_token_id is a list (Llama-3 instruct, Gemma): every id ends generation,
+    as in the model's own generate."""
+    from transformers import AutoModelForCausalLM
+
+    path = build("llama", tok, tmp_path / "eos_list", seed=5)
+    e0 = ls.load_expert(path)
+    probe = ls.Ensemble([e0], weights=[1.0]).generate(PROMPTS, max_new_tokens=6, return_details=True)
+    second = probe[0].units[2]  # a token greedy decoding picks: make it a second EOS
+    cfg_model = AutoModelForCausalLM.from_pretrained(path)
+    cfg_model.config.eos_token_id = [tok.eos_token_id, second]
+    cfg_model.generation_config.eos_token_id = [tok.eos_token_id, second]
+    cfg_model.save_pretrained(path)
+    e = ls.load_expert(path)
+    assert set(e.stop_ids) == {tok.eos_token_id, second}
+    got = ls.Ensemble([e], weights=[1.0]).generate(PROMPTS, max_new_tokens=6, return_details=True)
+    assert got[0].finish_reason == "stop" and got[0].units[-1] == second and len(got[0].units) == 3
+    for p, g in zip(PROMPTS, got):
+        assert g.units == own_greedy(e, p, 6)
+
+
+def test_padded_embedding_rows_get_no_mass_and_no_bytes(tok, tmp_path):
+    """config.vocab_size > len(tokenizer) (rows padded to a multiple of 64, as many checkpoints
+    do): the extra logits are cut before the softmax, so every distribution is over real
+    tokens only, and the byte view has no entry for them."""
+    path = build("llama", tok, tmp_path / "padded", seed=6, vocab_size=len(tok) + 37)
+    e = ls.load_expert(path)
+    assert e.model.get_output_embeddings().weight.shape[0] == len(tok) + 37
+    assert e.vocab_size == len(tok) and len(e.vocab_bytes.token_bytes) == len(tok)
+    ids = e.encode(PROMPTS[0])
+    nodes, lp = e.prefill([ids])
+    e.store.release(nodes[0])
+    assert lp.shape == (1, len(tok))
+    with torch.no_grad():
+        logits = e.model(torch.tensor([ids])).logits[0, -1, : len(tok)].double()
+    assert torch.allclose(lp[0].double(), torch.log_softmax(logits, -1), atol=1e-5)
+    assert abs(float(lp[0].double().exp().sum()) - 1) < 1e-5
+    ens = ls.Ensemble([e], weights=[1.0])
+    assert all(max(g.units) < len(tok) for g in ens.generate(PROMPTS, max_new_tokens=8, return_details=True))
+
+
+def test_pad_token_missing(tmp_path):
+    """A tokenizer with no pad token: batches of mixed lengths still decode (padding is the
+    engine's mask, never a pad id), equal to the model's own unbatched greedy generate."""
+    from transformers import AutoTokenizer
+
+    t = train_tokenizer("sentencepiece", 420, tmp_path / "tok_nopad")
+    t = AutoTokenizer.from_pretrained(str(tmp_path / "tok_nopad"))
+    t.pad_token = None
+    assert t.pad_token_id is None
+    e = ls.load_expert(build("mistral", t, tmp_path / "nopad", seed=7), max_batch=2)
+    assert e.tokenizer.pad_token_id is None
+    got = ls.Ensemble([e], weights=[1.0]).generate(PROMPTS, max_new_tokens=6, return_details=True)
+    for p, g in zip(PROMPTS, got):
+        assert g.units == own_greedy(e, p, 6)
+
+
+def test_readme_byte_level_example_runs(tok, tmp_path):
+    """The README's byte-level example, run as written on tiny random models of the same
+    shapes (Gemma-2 over a SentencePiece-style BPE, Mistral over a byte-level BPE)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"<!-- example: gemma2-mistral -->\n```python\n(.*?)```", readme, re.S)
+    assert block, "README lost its byte-level example block"
+    code = block.group(1)
+    tok_sp = train_tokenizer("sentencepiece", 420, tmp_path / "tok_sp")
+    gemma = build("gemma2", tok_sp, tmp_path / "gemma", seed=8)
+    mistral = build("mistral", tok, tmp_path / "mistral", seed=9)
+    for name, path in (("~/models/gemma-2-2b", gemma), ("~/models/Mistral-7B-v0.1", mistral)):
+        assert f'"{name}"' in code
+        code = code.replace(f'"{name}"', repr(path))
+    exec(compile(code, "README.md", "exec"), {})

@@ -201,3 +201,29 @@ def test_issue_11_point_2_search_with_a_32_token_expert_finishes(pool_dirs, tmp_
     assert main([*argv, "--out", str(tmp_path / "strict.json"), "--truncation", "error"]) == 2
     err = capsys.readouterr().err
     assert "expert 'sums' has a context window of 32" in err and "generation" not in err
+
+
+def test_server_follows_the_ensembles_policy(sums):
+    """The server: by default a prompt longer than an expert's window is served with that
+    expert seeing its end (the same text as the library gives); an ensemble with
+    truncation="error" answers 400 context_length_exceeded, naming the expert."""
+    from serve_helpers import post
+
+    from logit_swarm.serve import make_server
+
+    body = {"prompt": LONG, "max_tokens": 4, "temperature": 0}
+    with pytest.warns(ls.TruncationWarning):
+        want = ls.Ensemble([sums]).generate([LONG], max_new_tokens=4)[0]
+    for policy in (None, "error"):
+        server = make_server(ls.Ensemble([sums], truncation=policy), port=0, model_name="m").start()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ls.TruncationWarning)  # raised in the server's thread
+                st, resp = post(server, "/completions", body)
+        finally:
+            server.shutdown()
+        if policy is None:
+            assert st == 200 and resp["choices"][0]["text"] == want
+        else:
+            assert st == 400 and resp["error"]["code"] == "context_length_exceeded"
+            assert "'sums'" in resp["error"]["message"]
