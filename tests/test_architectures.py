@@ -281,3 +281,19 @@ def test_readme_byte_level_example_runs(tok, tmp_path):
         assert f'"{name}"' in code
         code = code.replace(f'"{name}"', repr(path))
     exec(compile(code, "README.md", "exec"), {})
+
+
+@pytest.mark.parametrize("arch", ["mistral", "gemma2"])
+def test_sliding_window_exact_byte_marginal_against_brute_force(tok, tmp_path, arch):
+    """The exact byte-level tracker keeps token paths of different lengths in different cache
+    groups, so every step gathers sliding layers of several lengths. With a window of 3 and
+    texts of up to 6 tokens, its next-byte distributions equal brute-force enumeration over
+    uncached forwards (float64, |Δ| < 1e-9)."""
+    from test_bytes import check_against_brute_force
+
+    path = build(arch, tok, tmp_path / arch, seed=10, sliding_window=3)
+    e = ls.load_expert(path, dtype=torch.float64)
+    assert 3 in e.layer_windows
+    for text in (b"the q", b"Hello"):
+        check_against_brute_force(e, text)
+    assert len(e.store) == 0
