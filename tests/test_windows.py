@@ -227,3 +227,11 @@ def test_server_follows_the_ensembles_policy(sums):
         else:
             assert st == 400 and resp["error"]["code"] == "context_length_exceeded"
             assert "'sums'" in resp["error"]["message"]
+
+
+@pytest.mark.parametrize("cmd", ["search", "compare", "eval", "score", "generate", "serve"])
+def test_every_command_that_scores_or_generates_takes_truncation(cmd, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([cmd, "--help"])
+    assert exc.value.code == 0
+    assert "--truncation {left,error}" in capsys.readouterr().out

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..windows import truncation_run
 from .cli import add_pool_arguments, check_run_dir, load_pool, plan_from_args, write_plots
 
 
@@ -57,10 +58,11 @@ def run(args: argparse.Namespace) -> int:
     if out_dir is not None:
         check_run_dir(out_dir / "search", args.resume)
     task, ref, experts = load_pool(args)
-    res = compare(experts, ref if ref is not None else task, seed=args.seed, config=plan, mode=args.mode,
-                  budget=args.budget, baselines=baselines, out_dir=out_dir, resume=args.resume, progress=not args.quiet,
-                  data_dir=args.data, test_split=None if args.no_test else "test",
-                  memo=False if args.no_memo else None)
+    with truncation_run(args.truncation):  # one truncation report for every method compared
+        res = compare(experts, ref if ref is not None else task, seed=args.seed, config=plan, mode=args.mode,
+                      budget=args.budget, baselines=baselines, out_dir=out_dir, resume=args.resume,
+                      progress=not args.quiet, data_dir=args.data, test_split=None if args.no_test else "test",
+                      memo=False if args.no_memo else None)
     table = res.format_table()
     print(table)
     if out_dir is not None:
