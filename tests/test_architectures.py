@@ -297,3 +297,29 @@ def test_sliding_window_exact_byte_marginal_against_brute_force(tok, tmp_path, a
     for text in (b"the q", b"Hello"):
         check_against_brute_force(e, text)
     assert len(e.store) == 0
+
+
+def test_probe_cache_checks():
+    """The load-time probe: a forward that returns another cache class, a layout that differs
+    from the config's, or layers without plain key tensors are refused with the expert's name."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    from logit_swarm.experts.cache import check_cache
+
+    class OwnCache:  # e.g. a state-space model's own cache class
+        pass
+
+    with pytest.raises(ValueError, match="expert 'x': its forward returns a OwnCache, not a DynamicCache"):
+        check_cache(OwnCache(), None, "x")
+    layer = DynamicLayer()
+    k = torch.zeros(1, 2, 3, 4)
+    layer.update(k, k)
+    cache = DynamicCache()
+    cache.layers = [layer]
+    assert check_cache(cache, None, "x") == [None] == check_cache(cache, [None], "x")
+    with pytest.raises(ValueError, match=r"layer windows \[None\] where its config declares \[4\]"):
+        check_cache(cache, [4], "x")
+    cache.layers = [DynamicLayer()]  # never filled: no key tensor
+    with pytest.raises(ValueError, match="no plain"):
+        check_cache(cache, None, "x")

@@ -172,44 +172,53 @@ def _refuse(name: str, why: str) -> ValueError:
     )
 
 
-def layer_windows(model, name: str) -> list[int | None]:
-    """Per decoder layer, its sliding window (None for full attention), read from the config.
+def _window_of(layer, i: int, name: str, layer_types) -> int | None:
+    """One cache layer's sliding window (None: full attention); refuses unforkable layers."""
+    if type(layer) not in _FORKABLE:
+        kind = layer_types[i] if layer_types and i < len(layer_types) else type(layer).__name__
+        raise _refuse(name, f"layer {i} is a {kind!r} layer ({type(layer).__name__})")
+    return int(layer.sliding_window) if isinstance(layer, DynamicSlidingWindowLayer) else None
+
+
+def layer_windows(model, name: str) -> list[int | None] | None:
+    """Per decoder layer, its sliding window (None for full attention), read from the config;
+    None when transformers cannot build a cache template from this config (the load-time
+    probe's cache then decides, see :func:`check_cache`).
 
     Raises ValueError naming the layer type for layouts the store cannot fork (linear attention,
     hybrid / state-space layers, KV sharing, chunked attention).
     """
     config = model.config
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    kinds = set(getattr(text, "layer_types", None) or [])
-    if "chunked_attention" in kinds:
+    types = getattr(text, "layer_types", None)
+    if "chunked_attention" in set(types or []):
         raise _refuse(name, "it uses chunked attention, whose mask the engine does not reproduce")
     if getattr(text, "kv_sharing_modes", None) is not None or getattr(text, "num_kv_shared_layers", 0):
         raise _refuse(name, "some of its layers share another layer's key/value cache")
-    template = DynamicCache(config=config)
-    out: list[int | None] = []
-    for i, layer in enumerate(template.layers):
-        if type(layer) not in _FORKABLE:
-            kind = (text.layer_types[i] if getattr(text, "layer_types", None) else type(layer).__name__)
-            raise _refuse(name, f"layer {i} is a {kind!r} layer ({type(layer).__name__})")
-        out.append(int(layer.sliding_window) if isinstance(layer, DynamicSlidingWindowLayer) else None)
-    return out
+    try:
+        template = DynamicCache(config=config)
+    except (AttributeError, TypeError, ValueError, KeyError):  # an unusual config: the probe decides
+        return None
+    return [_window_of(layer, i, name, types) for i, layer in enumerate(template.layers)]
 
 
-def check_cache(cache, windows: list[int | None], name: str) -> None:
-    """Check that a model's own output cache has the layout :func:`layer_windows` predicted.
+def check_cache(cache, windows: list[int | None] | None, name: str) -> list[int | None]:
+    """The layout of a model's own output cache, checked against :func:`layer_windows`'.
 
     Run once at load on a two-token probe, so that a model whose forward builds another kind of
     cache (a state-space or hybrid cache, a custom class) is refused before any real work.
     """
     if not isinstance(cache, DynamicCache) or not hasattr(cache, "layers"):
         raise _refuse(name, f"its forward returns a {type(cache).__name__}, not a DynamicCache")
-    if len(cache.layers) != len(windows):
-        raise _refuse(name, f"its cache has {len(cache.layers)} layers where its config declares {len(windows)}")
-    for i, (layer, w) in enumerate(zip(cache.layers, windows)):
-        want = DynamicLayer if w is None else DynamicSlidingWindowLayer
+    got = [_window_of(layer, i, name, None) for i, layer in enumerate(cache.layers)]
+    for i, layer in enumerate(cache.layers):
         keys = getattr(layer, "keys", None)
-        if type(layer) is not want or not isinstance(keys, torch.Tensor) or keys.dim() != 4:
-            raise _refuse(name, f"cache layer {i} is a {type(layer).__name__} without plain [B, H, L, D] keys")
+        if not isinstance(keys, torch.Tensor) or keys.dim() != 4:
+            raise _refuse(name, f"cache layer {i} ({type(layer).__name__}) has no plain [B, H, L, D] keys")
+    if windows is not None and got != windows:
+        raise _refuse(name, f"its forward builds a cache with layer windows {got} where its config "
+                            f"declares {windows}")
+    return got
 
 
 def make_cache(keys, values, windows: list[int | None], length: int):

@@ -99,9 +99,8 @@ class HFExpert(TokenizerSide):
                 break
         self.max_batch = max_batch
         # Per layer: sliding window or None; refuses unforkable caches here, not mid-run.
-        self.layer_windows = layer_windows(model, name)
         self._cache_kw = cache_kwarg(model)
-        self._probe_cache()
+        self.layer_windows = self._probe_cache(layer_windows(model, name))
         self.store = NodeStore()
         self.forward_calls = 0
         self.forward_rows = 0
@@ -219,14 +218,15 @@ class HFExpert(TokenizerSide):
         lps = torch.stack([lps_u[u] for u in order])
         return nodes, lps
 
-    def _probe_cache(self) -> None:
+    def _probe_cache(self, windows: list[int | None] | None) -> list[int | None]:
         """One two-token forward at load: the cache the model really builds must be the layout
         :func:`layer_windows` read from its config (a model whose forward makes a state-space or
-        custom cache is refused now, with a message, instead of failing mid-run)."""
+        custom cache is refused now, with a message, instead of failing mid-run). Returns the
+        per-layer windows."""
         ids = torch.zeros(1, 2, dtype=torch.long, device=self.device)
         with torch.inference_mode():
             out = self.model(input_ids=ids, use_cache=True)
-        check_cache(output_cache(out), self.layer_windows, self.name)
+        return check_cache(output_cache(out), windows, self.name)
 
     def _cache_from(self, keys, values, length: int):
         """A cache over stored tensors of padded ``length`` (no copy; see cache.make_cache)."""
