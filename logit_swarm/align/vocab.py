@@ -48,7 +48,7 @@ _PROBE_TEXTS = (
 # does not say which special token ends a sequence (e.g. a bare tokenizer.json).
 _STOP_NAMES = {
     "</s>", "<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "<|im_end|>", "<|end|>",
-    "<end_of_turn>", "<eos>", "<|eos|>",
+    "<end_of_turn>", "<eos>", "<|eos|>", "<｜end▁of▁sentence｜>", "<|EOT|>", "<|end_story|>",
 }
 
 
@@ -210,6 +210,8 @@ def _token_bytes(tokenizer, data: dict, stop_ids) -> tuple[list, set[int]]:
     texts = _decoded_texts(tokenizer, vocab)
     rule = _rule_fn(data)
     stops = set(stop_ids or ())
+    if isinstance(getattr(tokenizer, "eos_token_id", None), int):
+        stops.add(tokenizer.eos_token_id)
     tb: list[bytes | None] = [None] * size
     for tok, idx in vocab.items():
         byte = _byte_piece(tok, data)
@@ -240,8 +242,8 @@ def analyse_vocab(tokenizer, stop_ids: set[int] | None = None) -> VocabBytes:
 
     Args:
         tokenizer: a fast Hugging Face tokenizer.
-        stop_ids: ids that end a sequence (EOS, end of turn). Tokens named like a known
-            end-of-text marker are added to this set.
+        stop_ids: ids that end a sequence (EOS, end of turn). The tokenizer's own EOS and tokens
+            named like a known end-of-text marker are added to this set.
 
     Raises:
         UnsupportedTokenizer (a ValueError): if the tokenizer rewrites text (the message names
