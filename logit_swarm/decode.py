@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from .align.bytes import STOP as BYTE_STOP
-from .align.bytes import ByteTrack, split_prompt
+from .align.bytes import split_prompt
+from .align.view import make_byte_track
 from .mixing import greedy_probs, mix_logprobs, sample_units
 from .windows import fit_prompt, truncation_run
 
@@ -260,7 +261,7 @@ def generate_rows(
                 tr = TokenTrack(e)
                 st = tr.start(fitted)
             else:
-                tr = ByteTrack(e, beam=byte_beam, prune=byte_prune)
+                tr = make_byte_track(e, beam=byte_beam, prune=byte_prune)
                 st = tr.start([h for h, _ in fitted], [t for _, t in fitted])
             tracks.append(tr)
             states.append(dict(enumerate(st)))

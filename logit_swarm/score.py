@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .align.bytes import ByteTrack, split_prompt
+from .align.bytes import split_prompt
+from .align.view import make_byte_track
 from .mixing import LOGP_FLOOR, check_mode, normalised_probs_weights
 from .windows import fit_pair, fit_prompt, truncation_run
 
@@ -205,7 +206,7 @@ def byte_tables(experts, contexts, continuations, keep_full: bool = False, beam=
     conts = [c.encode("utf-8") for c in continuations]
     per_expert_lp, per_expert_full = [], []
     for e in experts:
-        tr = ByteTrack(e, beam=beam, prune=prune)
+        tr = make_byte_track(e, beam=beam, prune=prune)
         splits = [split_prompt(e, e.encode(c), c == "") for c in contexts]
         splits = [(fit_prompt(e, h, len(t) + len(x), truncation, "context plus continuation"), t)
                   for (h, t), x in zip(splits, conts)]
