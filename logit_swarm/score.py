@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .align.bytes import ByteTrack, split_prompt
+from .align.vocab import choose_unit
 from .mixing import LOGP_FLOOR, check_mode, normalised_probs_weights
 
 
@@ -226,8 +227,6 @@ def build_table(experts, contexts, continuations, unit: str | None = None, keep_
         unit: "token" or "byte"; default: token if all experts share a tokenizer, else byte.
         keep_full: also keep full distributions (needed to evaluate mode "logits").
     """
-    from .ensemble import choose_unit
-
     contexts, continuations = list(contexts), list(continuations)
     if len(contexts) != len(continuations):
         raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations; pair them up")

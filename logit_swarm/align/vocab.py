@@ -249,3 +249,13 @@ def _verify(tokenizer, tb, dummy: bool) -> None:
 def model_view(vb: VocabBytes, text: str) -> bytes:
     """The bytes the model's tokens spell for ``text`` at the start of a document."""
     return (b" " if vb.dummy_prefix else b"") + text.encode("utf-8")
+
+
+def choose_unit(experts) -> str:
+    """"token" if all experts share one tokenizer (by content), else "byte"."""
+    fps = {e.fingerprint for e in experts}
+    if len(fps) == 1:
+        sizes = {e.vocab_size for e in experts}
+        if len(sizes) == 1:
+            return "token"
+    return "byte"
