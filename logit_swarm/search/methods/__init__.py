@@ -6,6 +6,7 @@ One file per family; importing this package registers them all, in table order:
 name                       file                 what
 =========================  ===================  =========================================================
 ``swarm``                  ``pso.py``           Model Swarms PSO (one run or a grid of runs)
+``swarm_restarts``         ``pso.py``           the swarm with random restarts, run to the budget
 ``best_single``            ``static.py``        best one-hot expert on dev (N evaluations)
 ``uniform``                ``static.py``        uniform mixture (1 evaluation)
 ``prediction_merge``       ``vote.py``          plurality vote of the experts' answers (per question)

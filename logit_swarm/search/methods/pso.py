@@ -75,6 +75,7 @@ __all__ = [
 ]
 
 VELOCITY_INIT_MODES = ("random", "zero", "best")
+RESTART_TARGETS = ("pbest", "random")
 
 
 # ============================================================================================
@@ -145,6 +146,8 @@ class SwarmConfig:
     restart: bool = True
     drop_iter: float = 0.0
     drop_particle: float = 0.0
+    restart_to: str = "pbest"
+    r_low: float = 0.0
 
     def __post_init__(self) -> None:
         """Check types and ranges; coerce int-valued floats to float so equality is by value."""
@@ -192,6 +195,10 @@ class SwarmConfig:
         if self.velocity_init not in VELOCITY_INIT_MODES:
             raise ValueError(f"SwarmConfig.velocity_init must be one of {VELOCITY_INIT_MODES}, "
                              f"got {self.velocity_init!r}")
+        if self.restart_to not in RESTART_TARGETS:
+            raise ValueError(f"SwarmConfig.restart_to must be one of {RESTART_TARGETS}, got {self.restart_to!r}")
+        if not -1.0 <= self.r_low < 1.0:
+            raise ValueError(f"SwarmConfig.r_low must be in [-1, 1), got {self.r_low}")
         for name in ("drop_iter", "drop_particle"):
             p = getattr(self, name)
             if not 0.0 <= p < 1.0:
@@ -518,13 +525,22 @@ def update(state: SwarmState, config: SwarmConfig, space: MixingSpace | None = N
         due = state.pbest_age >= config.restart_patience * config.patience
         restart = due & (state.cooldown == 0)
         cooldown = np.where(restart, config.restart_cooldown, np.maximum(state.cooldown - 1, 0))
-        x = np.where(restart[:, None], state.pbest_positions, x)
+        if config.restart_to == "random" and restart.any():
+            # A fresh point of the space (Dirichlet(1) on the simplex): the swarm re-diversifies
+            # instead of piling its stagnant particles onto their personal bests.
+            fresh = (space.sample(rng, p, state.n_experts) if space is not None
+                     else rng.dirichlet(np.ones(state.n_experts), size=p))
+            x = np.where(restart[:, None], fresh, x)
+        else:
+            x = np.where(restart[:, None], state.pbest_positions, x)
         v = np.where(restart[:, None], 0.0, v)
     else:
         restart = np.zeros(p, dtype=bool)
         cooldown = np.array(state.cooldown)
 
     r = rng.random((p, 4)) if config.weight_randomness else np.ones((p, 4))
+    if config.r_low != 0.0:  # the paper's suggested widening of r from U(0, 1) to U(r_low, 1)
+        r = config.r_low + (1.0 - config.r_low) * r
     v = velocity_update(x, v, state.pbest_positions, state.gbest_position, state.gworst_position,
                         config, r)
     moved = x + state.step_length * v
@@ -936,3 +952,21 @@ def _make_swarm(ctx: Any) -> SwarmSearcher:
 register_method(MethodInfo(
     name="swarm", label="model swarms (PSO)", family="pso", kind="search", make=_make_swarm,
     mapping="Model Swarms itself: particles are mixing-weight vectors instead of adapter weights."))
+
+#: The improved swarm of this project (see README "Where the swarm loses"): stagnant particles
+#: restart at a fresh random mixture instead of their personal best, r ~ U(-0.2, 1) (the
+#: paper's own suggested fix for local optima), and no patience stop: it runs to the budget.
+SWARM_RESTARTS = SwarmConfig(restart_to="random", r_low=-0.2, patience=10**6, max_iter=10**6)
+
+
+def _make_swarm_restarts(ctx: Any) -> SwarmSearcher:
+    opts = dict(ctx.options or {})
+    opts.setdefault("config", SWARM_RESTARTS.replace(swarm_size=min(ctx.batch, 20) if ctx.batch >= ctx.n_experts
+                                                     else max(ctx.n_experts, 2)))
+    return SwarmSearcher(dataclasses.replace(ctx, options=opts))
+
+
+register_method(MethodInfo(
+    name="swarm_restarts", label="swarm + random restarts", family="pso", kind="search", budgeted=True,
+    make=_make_swarm_restarts,
+    mapping="This project's variant of Model Swarms: random restarts, r ~ U(-0.2, 1), run to the budget."))
