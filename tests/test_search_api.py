@@ -306,3 +306,14 @@ def test_swarm_search_with_memo_follows_the_same_trajectory(pair):
     assert [h["utilities"] for h in a.history] == [h["utilities"] for h in b.history]
     np.testing.assert_array_equal(a.weights, b.weights)
     assert swarm_search(pair, mc_spec(), config=SMALL, progress=False).memo is None  # scored, not decoded
+
+
+def test_paper_grid_config_is_the_scripts_grid():
+    from pathlib import Path
+
+    plan = load_search_config(Path(__file__).parent.parent / "experiments" / "configs" / "paper_grid.yaml")
+    assert plan.grid["inertia"] == [0.1, 0.2, 0.3] and plan.grid["step_length"][0] == 0.5
+    assert plan.grid_samples == 5 and plan.config == SwarmConfig()
+    assert (SwarmConfig().swarm_size, SwarmConfig().patience, SwarmConfig().max_iter) == (20, 10, 50)
+    assert (SwarmConfig().step_length_factor, SwarmConfig().min_step_length) == (0.95, 0.1)
+    assert SwarmConfig().restart_patience * SwarmConfig().patience == 5
