@@ -31,10 +31,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from logit_swarm.search.pso import SwarmConfig  # noqa: E402
+
 import logit_swarm as ls  # noqa: E402
 from logit_swarm.search.driver import run_search  # noqa: E402
 from logit_swarm.search.memo import memoize  # noqa: E402
-from logit_swarm.search.pso import SwarmConfig  # noqa: E402
 
 
 def forward_rows(experts) -> int:

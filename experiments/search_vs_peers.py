@@ -120,6 +120,23 @@ def run_family(name, spec, experts, swarm, seeds, runs_dir, generation):
     return table
 
 
+def tables_from_runs(runs_dir: Path, names) -> dict:
+    """The race tables rebuilt from the compare.json of every finished (family, seed) run."""
+    out = {}
+    for name in names:
+        table: dict[str, dict[str, list]] = {}
+        for f in sorted((runs_dir / name).glob("seed*/compare.json")):
+            for r in json.loads(f.read_text())["rows"]:
+                label = r["label"] if r["name"] != "best_single" else "best single expert"
+                d = table.setdefault(label, {"name": r["name"], "dev": [], "test": [], "evals": []})
+                d["dev"].append(r["dev"])
+                d["test"].append(r["test"])
+                d["evals"].append(r["n_evaluations"])
+        if table:
+            out[name] = table
+    return out
+
+
 def fmt(xs):
     a = np.array([np.nan if x is None else x for x in xs], dtype=np.float64)
     return f"{np.nanmean(a):.3f} ± {np.nanstd(a):.3f}"
@@ -131,8 +148,9 @@ def write_results(all_tables, meta, seeds):
     fams = list(all_tables)
     methods = list(dict.fromkeys(m for t in all_tables.values() for m in t))
     lines = [f"# The race: every method at equal budget ({len(fams)} families x {len(seeds)} seeds)", "",
-             f"Machine: 2 CPU cores shared with six other agents; {meta['wall_s']:.0f} s wall. "
-             f"Command: `python experiments/search_vs_peers.py`. Mean ± sd over seeds of the **test** "
+             "Machine: 2 CPU cores shared with six other agents"
+             + (f"; {meta['wall_s']:.0f} s wall. " if np.isfinite(meta["wall_s"]) else ". ") +
+             "Command: `python experiments/search_vs_peers.py`. Mean ± sd over seeds of the **test** "
              "utility; evaluations used in brackets (mean). '-' = not run on that family.", "",
              "| method | " + " | ".join(fams) + " |", "|---" * (len(fams) + 1) + "|"]
     for m in methods:
@@ -196,11 +214,19 @@ def main():
     p.add_argument("--families", help="comma-separated subset")
     p.add_argument("--seeds", type=int, help="number of seeds (default 5; 2 with --quick)")
     p.add_argument("--runs-dir", default=str(RESULTS / "search_vs_peers_runs"), help="where each compare writes")
+    p.add_argument("--report-only", action="store_true", help="rebuild the tables from the finished runs in "
+                   "--runs-dir (e.g. after running families in separate processes)")
     p.add_argument("--dev", type=int, default=24)
     p.add_argument("--test", type=int, default=80)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     seeds = SEEDS[: args.seeds or (2 if args.quick else len(SEEDS))]
+    if args.report_only:
+        tables = tables_from_runs(Path(args.runs_dir), ["mc", "exact_match", "reward", "judge", "abstain", "multi"])
+        n_seeds = max(len(d["test"]) for t in tables.values() for d in t.values())
+        write_results(tables, {"wall_s": float("nan"), "seeds": list(SEEDS[:n_seeds]), "dev": args.dev,
+                               "test": args.test, "swarm": SWARM, "swarm_generation": SWARM_GEN}, SEEDS[:n_seeds])
+        return
     zoo = {k: str(v) for k, v in zoo_experts(build=True).items()}
     fams = families(zoo, args.dev, args.test)
     chosen = args.families.split(",") if args.families else (["mc", "exact_match", "multi"] if args.quick else list(fams))

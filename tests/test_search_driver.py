@@ -155,12 +155,15 @@ def test_task_state_is_checkpointed_and_restored_before_the_first_evaluation(tmp
         task.state["calls"] += 1
         return mixture_utility(W)
 
+    n_calls = {"k": 0}
+
+    def dying(W):
+        n_calls["k"] += 1
+        if n_calls["k"] == 4:
+            raise KeyboardInterrupt
+        return utility(W)
+
     with pytest.raises(KeyboardInterrupt):
-        def dying(W, n={"k": 0}):
-            n["k"] += 1
-            if n["k"] == 4:
-                raise KeyboardInterrupt
-            return utility(W)
         run("swarm", dying, seed=0, out_dir=tmp_path, resumable=task)
     saved = json.loads((tmp_path / CHECKPOINT_FILE).read_text())["task_state"]
     assert saved == {"calls": 3}

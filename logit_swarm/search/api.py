@@ -27,12 +27,11 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 import yaml
 
 from logit_swarm.ensemble import Ensemble, load_expert

@@ -286,8 +286,11 @@ def compare(experts: Any, task: Any, seed: int = 0, config: Any = None, mode: st
     absent: dict[str, str] = {}
     for info in infos[1:]:
         try:
-            r = (_run_search_method(info, evaluate, experts, task_obj, mode, int(seed), budget, batch, out, resume,
-                                    progress) if info.kind == "search" else _run_output_method(info, experts, task_obj, mode))
+            if info.kind == "search":
+                r = _run_search_method(info, evaluate, experts, task_obj, mode, int(seed), budget, batch, out,
+                                       resume, progress)
+            else:
+                r = _run_output_method(info, experts, task_obj, mode)
         except MethodUnavailable as exc:
             absent[info.name] = str(exc)
             if progress:

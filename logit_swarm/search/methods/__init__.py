@@ -21,17 +21,19 @@ name                       file                 what
 =========================  ===================  =========================================================
 """
 
-from . import pso  # noqa: F401 - registers "swarm" first (table order = registration order)
-from . import static  # noqa: F401
-from . import vote  # noqa: F401
-from . import greedy  # noqa: F401
-from . import packllm  # noqa: F401
-from . import em  # noqa: F401
-from . import de  # noqa: F401
-from . import nelder_mead  # noqa: F401
-from . import random_search  # noqa: F401
-from . import cma_es  # noqa: F401
-from . import ngopt  # noqa: F401
+from . import (
+    cma_es,  # noqa: F401
+    de,  # noqa: F401
+    em,  # noqa: F401
+    greedy,  # noqa: F401
+    nelder_mead,  # noqa: F401
+    ngopt,  # noqa: F401
+    packllm,  # noqa: F401
+    pso,  # noqa: F401 - registers "swarm" first (table order = registration order)
+    random_search,  # noqa: F401
+    static,  # noqa: F401
+    vote,  # noqa: F401
+)
 from .base import (
     METHODS,
     GeneratorSearcher,

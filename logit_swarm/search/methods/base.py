@@ -30,7 +30,6 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from logit_swarm.tasks import backend
-from logit_swarm.tasks import backend
 from logit_swarm.tasks.registry import Registry
 
 from .._common import check_utilities
@@ -259,12 +258,6 @@ class GlobalNumpyRandom:
     def __exit__(self, *exc: Any) -> None:
         self._state = np.random.get_state()
         np.random.set_state(self._outside)
-
-
-def task_pool(experts: Any, W: np.ndarray, mode: str) -> Any:
-    """The tasks' pool of experts and weights (for the output methods that decode or score with
-    per-example weights through ``tasks.backend``)."""
-    return backend.Pool(list(experts), backend.weight_matrix(W, len(experts), mode), mode)
 
 
 def task_pool(experts: Any, W: np.ndarray, mode: str) -> Any:

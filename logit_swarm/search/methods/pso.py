@@ -43,8 +43,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..space import MixingSpace, space_for_mode
-from .base import MethodInfo, register_method
 from .._common import (
     array_from_json,
     array_to_json,
@@ -56,6 +54,8 @@ from .._common import (
     rng_from_state,
     rng_state,
 )
+from ..space import MixingSpace, space_for_mode
+from .base import MethodInfo, register_method
 
 __all__ = [
     "SwarmConfig",
