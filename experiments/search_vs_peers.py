@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import logit_swarm as ls  # noqa: E402
 from logit_swarm.search.compare import compare  # noqa: E402
+from logit_swarm.search.methods import method_names  # noqa: E402
 from logit_swarm.tasks.zoo import zoo_spec  # noqa: E402
 from logit_swarm.zoo import zoo_experts  # noqa: E402
 
@@ -45,9 +46,10 @@ SEEDS = (0, 1, 2, 3, 4)
 ALL6 = ("facts_a", "facts_b", "chat", "math", "reason", "code")
 FACTS3 = ("facts_a", "facts_b", "chat")
 ARITH3 = ("math", "reason", "chat")
-#: A small swarm (the paper's N = 20 and K = 50 would need hours here); every method gets its count.
-SWARM = {"swarm_size": 10, "max_iter": 10, "patience": 5}
-SWARM_GEN = {"swarm_size": 4, "max_iter": 4, "patience": 3}
+#: The paper's N = 20 and patience 10 with K = 20 on the likelihood families; a smaller swarm where
+#: every evaluation decodes text. Every budgeted method gets the swarm's evaluation count.
+SWARM = {"swarm_size": 20, "max_iter": 20, "patience": 10}
+SWARM_GEN = {"swarm_size": 8, "max_iter": 8, "patience": 5}
 #: Per-question methods that decode once per example and tau (PackLLM) or per expert (vote) are
 #: run on the likelihood families only; on generation families they would cost more than the race.
 CHEAP_ONLY = ("packllm", "prediction_merge")
@@ -146,7 +148,9 @@ def write_results(all_tables, meta, seeds):
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "search_vs_peers.json").write_text(json.dumps({"meta": meta, "families": all_tables}, indent=1))
     fams = list(all_tables)
-    methods = list(dict.fromkeys(m for t in all_tables.values() for m in t))
+    order = {m: i for i, m in enumerate(method_names())}
+    methods = sorted(dict.fromkeys(m for t in all_tables.values() for m in t),
+                     key=lambda m: order.get(next(t[m]["name"] for t in all_tables.values() if m in t), 99))
     lines = [f"# The race: every method at equal budget ({len(fams)} families x {len(seeds)} seeds)", "",
              "Machine: 2 CPU cores shared with six other agents"
              + (f"; {meta['wall_s']:.0f} s wall. " if np.isfinite(meta["wall_s"]) else ". ") +
@@ -216,8 +220,8 @@ def main():
     p.add_argument("--runs-dir", default=str(RESULTS / "search_vs_peers_runs"), help="where each compare writes")
     p.add_argument("--report-only", action="store_true", help="rebuild the tables from the finished runs in "
                    "--runs-dir (e.g. after running families in separate processes)")
-    p.add_argument("--dev", type=int, default=24)
-    p.add_argument("--test", type=int, default=80)
+    p.add_argument("--dev", type=int, default=30)
+    p.add_argument("--test", type=int, default=96)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     seeds = SEEDS[: args.seeds or (2 if args.quick else len(SEEDS))]

@@ -1,6 +1,6 @@
 """Every search method behind one interface (:mod:`.base`) and one registry (:data:`METHODS`).
 
-One file per family; importing this package registers them all, in table order:
+One file per family; importing this package registers them all (table order: ``method_names()``):
 
 =========================  ===================  =========================================================
 name                       file                 what

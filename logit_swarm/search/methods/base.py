@@ -154,9 +154,14 @@ METHODS: Registry[MethodInfo] = Registry("search method")
 _ORDER: list[str] = []
 
 
+#: Table order of the built-in methods (imports are sorted by name, so registration order is not it).
+TABLE_ORDER = ("swarm", "swarm_restarts", "best_single", "uniform", "prediction_merge", "greedy", "packllm", "em",
+               "differential_evolution", "nelder_mead", "random", "cma_es", "ngopt")
+
+
 def method_names() -> list[str]:
-    """Registered method names in registration order, which is table order."""
-    return list(_ORDER)
+    """Registered method names in table order (:data:`TABLE_ORDER`, then any others as registered)."""
+    return [n for n in TABLE_ORDER if n in _ORDER] + [n for n in _ORDER if n not in TABLE_ORDER]
 
 
 def register_method(info: MethodInfo) -> MethodInfo:
