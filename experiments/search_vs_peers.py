@@ -197,9 +197,11 @@ def plot(all_tables, fams, methods):
         return
     fig, axes = plt.subplots(1, len(fams), figsize=(3.2 * len(fams), 4.5), dpi=110, sharey=False)
     for ax, f in zip(np.atleast_1d(axes), fams):
-        names = [m for m in methods if m in all_tables[f]]
-        mean = [np.nanmean([np.nan if x is None else x for x in all_tables[f][m]["test"]]) for m in names]
-        sd = [np.nanstd([np.nan if x is None else x for x in all_tables[f][m]["test"]]) for m in names]
+        names = methods  # the same rows in every panel; a method not run on a family has no bar
+        vals = [[np.nan if x is None else x for x in all_tables[f][m]["test"]] if m in all_tables[f] else [np.nan]
+                for m in names]
+        mean = [np.nanmean(v) if np.isfinite(v).any() else np.nan for v in vals]
+        sd = [np.nanstd(v) if np.isfinite(v).any() else np.nan for v in vals]
         colors = ["tab:green" if "swarm" in m else "tab:gray" for m in names]
         ax.barh(range(len(names)), mean, xerr=sd, color=colors)
         ax.set_yticks(range(len(names)))
