@@ -317,3 +317,20 @@ def test_paper_grid_config_is_the_scripts_grid():
     assert (SwarmConfig().swarm_size, SwarmConfig().patience, SwarmConfig().max_iter) == (20, 10, 50)
     assert (SwarmConfig().step_length_factor, SwarmConfig().min_step_length) == (0.95, 0.1)
     assert SwarmConfig().restart_patience * SwarmConfig().patience == 5
+
+
+def test_compare_gives_every_budgeted_method_the_swarms_count(pair, tmp_path):
+    """Done-when item: at default settings every iterative method uses the swarm's number of
+    utility evaluations, within one swarm iteration; CMA-ES and NGOpt are among them."""
+    pytest.importorskip("cma")
+    pytest.importorskip("nevergrad")
+    from logit_swarm.search.compare import default_methods
+
+    assert {"cma_es", "ngopt", "random", "differential_evolution", "nelder_mead"} <= set(default_methods())
+    cfg = {"swarm_size": 6, "max_iter": 4, "patience": 10}
+    res = compare(pair, mc_spec(), seed=1, config=cfg, progress=False, test_split=None,
+                  methods=["random", "differential_evolution", "nelder_mead", "cma_es", "ngopt", "swarm_restarts"])
+    n = res.row("swarm").n_evaluations
+    assert n == 6 * 5 and res.budget == n
+    for name in ("random", "differential_evolution", "nelder_mead", "cma_es", "ngopt", "swarm_restarts"):
+        assert n - 6 < res.row(name).n_evaluations <= n, name
