@@ -331,3 +331,40 @@ def test_em_needs_the_task_and_mode_probs():
         run("em", mixture_utility)
     with pytest.raises(MethodUnavailable, match="mode"):
         run("em", mixture_utility, mode="logits")
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight-space merge (SLERP)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_slerp_tensor_endpoints_and_the_sphere():
+    import torch
+
+    from logit_swarm.search.methods.merge import slerp_tensor
+
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    torch.testing.assert_close(slerp_tensor(a, b, 0.0), a)
+    torch.testing.assert_close(slerp_tensor(a, b, 1.0), b)
+    mid = slerp_tensor(a, b, 0.5)
+    torch.testing.assert_close(mid, torch.tensor([2 ** -0.5, 2 ** -0.5]))  # on the unit circle, not at 0.5
+    torch.testing.assert_close(slerp_tensor(a, 2 * a, 0.5), 1.5 * a)  # parallel: linear
+
+
+def test_slerp_runs_on_same_architecture_pairs_and_is_na_otherwise(experts):
+    import logit_swarm as ls
+    from logit_swarm.search.methods import MethodUnavailable
+    from logit_swarm.search.methods.merge import merge_compatible, run_slerp, slerp_expert
+
+    same = [experts["gpt2_a"], experts["gpt2_b"]]
+    assert merge_compatible(same) is None
+    assert merge_compatible([experts["gpt2_a"], experts["llama_bl"]]) == "n/a (architectures differ)"
+    m = slerp_expert(same, 0.0)  # t = 0 is the first expert's weights
+    ctx, cont = ["Hello"], [" world"]
+    assert ls.Ensemble([m]).logprob(ctx, cont)[0] == pytest.approx(ls.Ensemble([same[0]]).logprob(ctx, cont)[0],
+                                                                  abs=1e-5)
+    task = ls.load_task({"kind": "likelihood", "name": "lik", "data": {"dev": [{"text": "hello world"}] * 2}})
+    res = run_slerp(task, same, "dev", "probs", False, None)
+    assert res.details["t"] in (0.25, 0.5, 0.75) and np.isfinite(res.utility)
+    with pytest.raises(MethodUnavailable, match="architectures differ"):
+        run_slerp(task, [experts["gpt2_a"], experts["llama_sp"]], "dev", "probs", False, None)

@@ -18,6 +18,7 @@ name                       file                 what
 ``random``                 ``random_search.py`` Dirichlet / uniform random points (budget)
 ``cma_es``                 ``cma_es.py``        CMA-ES via ``cma`` (budget; optional package)
 ``ngopt``                  ``ngopt.py``         NGOpt via ``nevergrad`` (budget; optional package)
+``slerp``                  ``merge.py``         SLERP of two same-architecture experts' weights (per question)
 =========================  ===================  =========================================================
 """
 
@@ -26,10 +27,11 @@ from . import (
     de,  # noqa: F401
     em,  # noqa: F401
     greedy,  # noqa: F401
+    merge,  # noqa: F401
     nelder_mead,  # noqa: F401
     ngopt,  # noqa: F401
     packllm,  # noqa: F401
-    pso,  # noqa: F401 - registers "swarm" first (table order = registration order)
+    pso,  # noqa: F401 - table order is base.TABLE_ORDER, not import order
     random_search,  # noqa: F401
     static,  # noqa: F401
     vote,  # noqa: F401

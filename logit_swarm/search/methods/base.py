@@ -156,7 +156,7 @@ _ORDER: list[str] = []
 
 #: Table order of the built-in methods (imports are sorted by name, so registration order is not it).
 TABLE_ORDER = ("swarm", "swarm_restarts", "best_single", "uniform", "prediction_merge", "greedy", "packllm", "em",
-               "differential_evolution", "nelder_mead", "random", "cma_es", "ngopt")
+               "differential_evolution", "nelder_mead", "random", "cma_es", "ngopt", "slerp")
 
 
 def method_names() -> list[str]:
