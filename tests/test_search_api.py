@@ -334,3 +334,15 @@ def test_compare_gives_every_budgeted_method_the_swarms_count(pair, tmp_path):
     assert n == 6 * 5 and res.budget == n
     for name in ("random", "differential_evolution", "nelder_mead", "cma_es", "ngopt", "swarm_restarts"):
         assert n - 6 < res.row(name).n_evaluations <= n, name
+
+
+def test_compare_resumes_every_method_from_its_run_directory(pair, tmp_path):
+    methods = ["best_single", "greedy", "random", "nelder_mead"]
+    first = compare(pair, mc_spec(), seed=2, config=SMALL, out_dir=tmp_path, progress=False, methods=methods)
+    sizes = {p: p.stat().st_size for p in tmp_path.rglob("history.jsonl")}
+    assert len(sizes) == 1 + len(methods)  # search/ and methods/NAME/
+    again = compare(pair, mc_spec(), seed=2, config=SMALL, out_dir=tmp_path, progress=False, methods=methods,
+                    resume=True)
+    assert [(r.name, r.dev, r.test, r.n_evaluations) for r in again.rows] == [
+        (r.name, r.dev, r.test, r.n_evaluations) for r in first.rows]
+    assert {p: p.stat().st_size for p in tmp_path.rglob("history.jsonl")} == sizes  # nothing re-evaluated
