@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import logit_swarm as ls  # noqa: E402
-from logit_swarm.search.driver import run_search  # noqa: E402
+from logit_swarm.search.driver import run_method  # noqa: E402
 from logit_swarm.search.memo import memoize  # noqa: E402
-from logit_swarm.search.pso import SwarmConfig  # noqa: E402
+from logit_swarm.search.methods.pso import SwarmConfig  # noqa: E402
 
 
 def forward_rows(experts) -> int:
@@ -88,7 +88,7 @@ def likelihood_part(zoo, names, task_name, iters, repeats=3):
         rec = Recorder(task, experts)
         cfg = SwarmConfig(swarm_size=20, max_iter=iters, patience=iters + 1)
         t0 = time.perf_counter()
-        res = run_search(rec, len(experts), cfg, progress=False, seed=0)
+        res = run_method("swarm", rec, len(experts), options={"config": cfg}, batch=20, progress=False, seed=0)
         t_search = min(t_search, time.perf_counter() - t0)
     n_evals = sum(len(w) for w, _, _ in rec.calls)
     r = {"task": task_name, "experts": names, "unit": ls.choose_unit(experts), "iterations": len(res.history) - 1,
@@ -109,7 +109,7 @@ def generation_part(zoo, names, task_name, iters, loop_evals, repeats=2):
         rec = Recorder(task, memoize(experts))
         # A whole search as a user runs it: default settings (patience 10), at most ``iters`` iterations.
         cfg = SwarmConfig(swarm_size=20, max_iter=iters)
-        res = run_search(rec, len(experts), cfg, progress=False, seed=0)
+        res = run_method("swarm", rec, len(experts), options={"config": cfg}, batch=20, progress=False, seed=0)
         t_search = min(t_search, sum(t for _, _, t in rec.calls))
         rows_search = forward_rows(experts)
         W_all = np.concatenate([w for w, _, _ in rec.calls])

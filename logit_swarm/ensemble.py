@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import recipe as recipe_io
+from .align.vocab import choose_unit
 from .decode import Generation, generate_rows
 from .mixing import as_weight_matrix, check_mode
 from .score import build_table
@@ -63,16 +65,6 @@ def load_expert(path_or_url, device="cpu", dtype=None, backend: str | None = Non
     from .experts.hf import load_hf_expert
 
     return load_hf_expert(path_or_url, device=device, dtype=dtype, **kwargs)
-
-
-def choose_unit(experts) -> str:
-    """"token" if all experts share one tokenizer (by content), else "byte"."""
-    fps = {e.fingerprint for e in experts}
-    if len(fps) == 1:
-        sizes = {e.vocab_size for e in experts}
-        if len(sizes) == 1:
-            return "token"
-    return "byte"
 
 
 def _check_experts(experts) -> list:
@@ -218,13 +210,29 @@ class Ensemble:
     # ------------------------------------------------------------------ recipes
     def save(self, path) -> Path:
         """Write this ensemble as a JSON recipe (atomic). Returns the path."""
-        from .recipe import save_recipe
-
-        return save_recipe(self, path)
+        return recipe_io.save_recipe(self, path)
 
     @classmethod
     def load(cls, path, device="cpu", dtype=None) -> Ensemble:
         """Load a recipe written by :meth:`save` (or by a search) into a working ensemble."""
-        from .recipe import load_recipe
-
         return load_recipe(path, device=device, dtype=dtype)
+
+
+def load_recipe(path, device="cpu", dtype=None, **remote_options) -> Ensemble:
+    """Load a recipe (see :mod:`logit_swarm.recipe`) into an :class:`Ensemble`.
+
+    ``remote_options`` go to every remote expert's loader (e.g. ``api_key=``, ``timeout=``,
+    ``retries=``); a recipe never stores an API key, only the name of the environment variable
+    it is read from (``$LOGIT_SWARM_API_KEY`` unless the expert was loaded with another).
+    """
+    data, experts = recipe_io.load_recipe_parts(path, load_expert, device, dtype, remote_options)
+    return Ensemble(
+        experts,
+        weights=data["weights"],
+        mode=data.get("mode", "probs"),
+        unit=data.get("unit"),
+        byte_beam=data.get("byte_beam", 8),
+        byte_prune=data.get("byte_prune", 1e-4),
+        decoding=data.get("decoding"),
+        provenance=data.get("provenance"),
+    )

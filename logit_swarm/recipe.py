@@ -11,28 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from .atomic import atomic_write_text
+
 RECIPE_VERSION = 1
-
-
-def atomic_write_text(path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return p
 
 
 def recipe_dict(ens, base_dir: Path | None = None) -> dict:
@@ -104,10 +87,9 @@ _VLLM_KEYS = ("top_k", "tensor_parallel_size", "gpu_memory_utilization", "distri
               "max_model_len")
 
 
-def _load_ref(ref: dict, base: Path, device, dtype, remote_options: dict):
-    """Load one expert of a recipe from its reference (kind "hf", "remote" or "vllm")."""
-    from .ensemble import load_expert
-
+def _load_ref(ref: dict, base: Path, load_expert, device, dtype, remote_options: dict):
+    """Load one expert of a recipe from its reference (kind "hf", "remote" or "vllm") with the
+    given loader (``ensemble.load_expert``; passed in so this module never imports the ensemble)."""
     kind = ref.get("kind", "hf")
     if kind == "hf":
         return load_expert(_expert_path(ref, base), device=device, dtype=dtype, name=ref.get("name"))
@@ -129,26 +111,15 @@ def _load_ref(ref: dict, base: Path, device, dtype, remote_options: dict):
     raise ValueError(f"recipe expert kind {kind!r} is not supported by this version (known: hf, remote, vllm)")
 
 
-def load_recipe(path, device="cpu", dtype=None, **remote_options):
-    """Load a recipe into an :class:`~logit_swarm.ensemble.Ensemble`.
+def load_recipe_parts(path, load_expert, device="cpu", dtype=None, remote_options=None):
+    """Read a recipe and load its experts: ``(data, experts)``.
 
-    ``remote_options`` go to every remote expert's loader (e.g. ``api_key=``, ``timeout=``,
-    ``retries=``); a recipe never stores an API key, only the name of the environment variable
-    it is read from (``$LOGIT_SWARM_API_KEY`` unless the expert was loaded with another).
+    ``load_expert`` is :func:`logit_swarm.ensemble.load_expert`; :func:`logit_swarm.ensemble.load_recipe`
+    (and ``Ensemble.load``) build the ensemble from the result.
     """
-    from .ensemble import Ensemble
-
     p = Path(path)
     data = read_recipe(p)
     base = p.resolve().parent
-    experts = [_load_ref(ref, base, device, dtype, remote_options) for ref in data["experts"]]
-    return Ensemble(
-        experts,
-        weights=data["weights"],
-        mode=data.get("mode", "probs"),
-        unit=data.get("unit"),
-        byte_beam=data.get("byte_beam", 8),
-        byte_prune=data.get("byte_prune", 1e-4),
-        decoding=data.get("decoding"),
-        provenance=data.get("provenance"),
-    )
+    experts = [_load_ref(ref, base, load_expert, device, dtype, dict(remote_options or {}))
+               for ref in data["experts"]]
+    return data, experts

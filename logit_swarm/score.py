@@ -25,6 +25,7 @@ import torch
 
 from .align.bytes import split_prompt
 from .align.view import make_byte_track
+from .align.vocab import choose_unit
 from .mixing import LOGP_FLOOR, check_mode, normalised_probs_weights
 from .windows import fit_pair, fit_prompt, truncation_run
 
@@ -246,8 +247,6 @@ def build_table(experts, contexts, continuations, unit: str | None = None, keep_
             text; reported once per run), "error", or None (the enclosing run's policy); see
             logit_swarm/windows.py.
     """
-    from .ensemble import choose_unit
-
     contexts, continuations = list(contexts), list(continuations)
     if len(contexts) != len(continuations):
         raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations; pair them up")

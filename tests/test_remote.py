@@ -19,6 +19,7 @@ import torch
 from fake_openai import FakeServer, ModelResponder, tokenizer_files
 
 import logit_swarm as ls
+from logit_swarm.experts.protocol import Expert
 from logit_swarm.experts.remote import (
     HTTPClient,
     RemoteExpert,
@@ -505,6 +506,7 @@ def test_vllm_expert_equals_local_with_stand_in_engine(experts):
     v = VLLMExpert(llm, e.tokenizer, name="v", path="/x", top_k=-1, api=FAKE_API,
                    engine_options={"tensor_parallel_size": 2, "distributed_executor_backend": "ray"})
     assert v.fingerprint == e.fingerprint
+    assert isinstance(v, Expert)  # the expert contract (experts/protocol.py)
     ctx, cont = ["Hello", "The quick brown", ""], [" world", " fox jumps", "Numbers: 1 2"]
     assert np.allclose(ls.Ensemble([v]).logprob(ctx, cont), ls.Ensemble([e]).logprob(ctx, cont), atol=1e-4)
     prompts = ["Hello world", "café"]
@@ -573,6 +575,7 @@ def test_project_server_remote_equals_local(experts, served, tmp_path):
     e = experts["gpt2_a"]
     r = load_remote_expert(served["gpt2_a"].url, top_k=-1, tokenizer_cache=tmp_path, **FAST)
     assert r.model == "gpt2_a" and r.fingerprint == e.fingerprint  # tokenizer fetched from the server
+    assert isinstance(r, Expert)  # the expert contract (experts/protocol.py)
     assert r.stop_ids == e.stop_ids and r.context_window == e.context_window
     ctx = ["Hello", "The quick brown", "", "def add(a, b):\n   "]
     cont = [" world", " fox jumps", "Numbers: 1 2", " return a + b"]

@@ -15,8 +15,12 @@ import pytest
 
 import logit_swarm as ls
 from logit_swarm.search import SwarmConfig, load_search_config
-from logit_swarm.search import model_baselines as mb
-from logit_swarm.search.api import TaskUtility, compare, swarm_search
+from logit_swarm.search.api import TaskUtility, swarm_search
+from logit_swarm.search.compare import PER_QUESTION_FILE, compare
+from logit_swarm.search.methods import MethodUnavailable
+from logit_swarm.search.methods import em as em_method
+from logit_swarm.search.methods import packllm as pk_method
+from logit_swarm.search.methods import vote as vote_method
 
 MC = [
     {"prompt": "The quick brown fox jumps over the lazy", "choices": [" dog.", " cat.", " river"], "answer": 0},
@@ -81,7 +85,7 @@ def test_swarm_search_is_deterministic_and_accepts_names_and_tasks(pair):
     a = swarm_search(pair, task, seed=5, config=SMALL, progress=False)
     b = swarm_search(pair, ls.load_task(mc_spec()), seed=5, config=SwarmConfig(**SMALL), progress=False)
     np.testing.assert_array_equal(a.weights, b.weights)
-    assert [h["positions"] for h in a.history] == [h["positions"] for h in b.history]
+    assert [h["weights"] for h in a.history] == [h["weights"] for h in b.history]
     assert a.ensemble.provenance["task"] is None  # an inline spec cannot be reloaded by name
 
 
@@ -128,18 +132,18 @@ def test_task_utility_marks_unusable_rows_nan(pair):
 
 
 def test_vote_plurality_and_dev_ranked_tie_break():
-    assert mb._vote(["x", "y", "y", None], order=[0, 1, 2, 3]) == ("y", 1)
-    assert mb._vote(["x", "y", None], order=[1, 0, 2]) == ("y", 1)  # tie -> best-ranked expert
-    assert mb._vote([None, None], order=[0, 1]) == (None, -1)
+    assert vote_method._vote(["x", "y", "y", None], order=[0, 1, 2, 3]) == ("y", 1)
+    assert vote_method._vote(["x", "y", None], order=[1, 0, 2]) == ("y", 1)  # tie -> best-ranked expert
+    assert vote_method._vote([None, None], order=[0, 1]) == (None, -1)
 
 
 def test_packllm_weights_are_a_softmax_of_negative_cross_entropy():
     ce = np.array([[1.0, 2.0], [3.0, 3.0]])
-    w = mb.packllm_weights(ce, 0.5)
+    w = pk_method.packllm_weights(ce, 0.5)
     np.testing.assert_allclose(w[0], [1 / (1 + np.exp(-2)), np.exp(-2) / (1 + np.exp(-2))])
     np.testing.assert_allclose(w[1], [0.5, 0.5])
     with pytest.raises(ValueError):
-        mb.packllm_weights(ce, 0.0)
+        pk_method.packllm_weights(ce, 0.0)
 
 
 @pytest.mark.parametrize("spec", [mc_spec(), {"kind": "exact_match", "name": "em", "data": {"dev": EM},
@@ -148,32 +152,32 @@ def test_per_example_weights_match_task_evaluate_for_constant_rows(pair, spec):
     task = ls.load_task(spec)
     w = np.array([0.3, 0.7])
     n = len(task.examples("dev"))
-    per = mb.evaluate_per_example(task, pair, np.tile(w, (n, 1)), "dev")
+    per = pk_method.evaluate_per_example(task, pair, np.tile(w, (n, 1)), "dev")
     assert per.mean() == pytest.approx(task.evaluate(pair, w)[0], abs=1e-12)
 
 
 def test_prediction_merge_and_packllm_on_mc(pair):
     task = ls.load_task(mc_spec())
-    pm = mb.prediction_merge(task, pair, "dev")
-    assert 0 <= pm.utility <= 1 and pm.per_example.shape == (len(MC),)
-    pk = mb.packllm(task, pair, "dev", taus=(0.1, 1.0))
+    pm = vote_method.prediction_merge(task, pair, "dev")
+    assert 0 <= pm.utility <= 1 and pm.per_question.shape == (len(MC),)
+    pk = pk_method.packllm(task, pair, "dev", taus=(0.1, 1.0))
     assert pk.details["tau"] in (0.1, 1.0) and 0 <= pk.utility <= 1
     with pytest.raises(ls.tasks.TestSplitError):
-        mb.prediction_merge(task, pair, "test")
+        vote_method.prediction_merge(task, pair, "test")
 
 
 def test_model_baselines_say_why_they_are_absent(pair):
     lik = ls.load_task({"kind": "likelihood", "name": "lik", "data": {"dev": [{"text": "hello world"}]}})
-    with pytest.raises(mb.BaselineUnavailable, match="discrete answers"):
-        mb.prediction_merge(lik, pair, "dev")
-    with pytest.raises(mb.BaselineUnavailable, match="no prompt"):
-        mb.packllm(lik, pair, "dev")
+    with pytest.raises(MethodUnavailable, match="discrete answers"):
+        vote_method.prediction_merge(lik, pair, "dev")
+    with pytest.raises(MethodUnavailable, match="no prompt"):
+        pk_method.packllm(lik, pair, "dev")
 
 
 def test_em_targets_join_answers_like_the_prompt_expects():
     em = ls.load_task({"kind": "exact_match", "name": "em", "data": {"dev": EM + [
         {"prompt": "Q: capital?\nA:", "answer": " Paris"}]}})
-    _, cont, norm = mb.em_targets(em, "dev")
+    _, cont, norm = em_method.em_targets(em, "dev")
     assert cont == [" 19", " no", " return a + b", " Paris"] and norm
 
 
@@ -201,12 +205,22 @@ def test_compare_uses_test_only_after_every_dev_choice(pair, tmp_path, monkeypat
     table = res.format_table()
     assert "model swarms (PSO)" in table and "test" in table.splitlines()[1]
     saved = json.loads((tmp_path / "compare.json").read_text())
-    assert saved["rows"][0]["name"] == "swarm"
+    assert saved["rows"][0]["name"] == "swarm" and saved["budget"] == res.row("swarm").n_evaluations
+    lines = [json.loads(x) for x in (tmp_path / PER_QUESTION_FILE).read_text().splitlines()]
+    for name in names:  # one line per method x split x question
+        for split, n in (("dev", len(MC)), ("test", len(MC))):
+            got = [x for x in lines if x["method"] == name and x["split"] == split]
+            assert sorted(x["question"] for x in got) == sorted(str(i) for i in range(n))
+            assert all(x["correct"] in (True, False) for x in got)
+    row = res.row("swarm")
+    swarm_dev = np.mean([x["score"] for x in lines if x["method"] == "swarm" and x["split"] == "dev"])
+    assert swarm_dev == pytest.approx(row.dev) and np.mean(
+        [x["score"] for x in lines if x["method"] == "swarm" and x["split"] == "test"]) == pytest.approx(row.test)
 
 
 def test_compare_rejects_unknown_baseline(pair):
-    with pytest.raises(ValueError, match="did you mean 'uniform'"):
-        compare(pair, mc_spec(), baselines=["unifrom"], progress=False)
+    with pytest.raises(ValueError, match="Did you mean: uniform"):
+        compare(pair, mc_spec(), methods=["unifrom"], progress=False)
 
 
 # ------------------------------------------------------------------------------ plots
@@ -292,3 +306,43 @@ def test_swarm_search_with_memo_follows_the_same_trajectory(pair):
     assert [h["utilities"] for h in a.history] == [h["utilities"] for h in b.history]
     np.testing.assert_array_equal(a.weights, b.weights)
     assert swarm_search(pair, mc_spec(), config=SMALL, progress=False).memo is None  # scored, not decoded
+
+
+def test_paper_grid_config_is_the_scripts_grid():
+    from pathlib import Path
+
+    plan = load_search_config(Path(__file__).parent.parent / "experiments" / "configs" / "paper_grid.yaml")
+    assert plan.grid["inertia"] == [0.1, 0.2, 0.3] and plan.grid["step_length"][0] == 0.5
+    assert plan.grid_samples == 5 and plan.config == SwarmConfig()
+    assert (SwarmConfig().swarm_size, SwarmConfig().patience, SwarmConfig().max_iter) == (20, 10, 50)
+    assert (SwarmConfig().step_length_factor, SwarmConfig().min_step_length) == (0.95, 0.1)
+    assert SwarmConfig().restart_patience * SwarmConfig().patience == 5
+
+
+def test_compare_gives_every_budgeted_method_the_swarms_count(pair, tmp_path):
+    """Done-when item: at default settings every iterative method uses the swarm's number of
+    utility evaluations, within one swarm iteration; CMA-ES and NGOpt are among them."""
+    pytest.importorskip("cma")
+    pytest.importorskip("nevergrad")
+    from logit_swarm.search.compare import default_methods
+
+    assert {"cma_es", "ngopt", "random", "differential_evolution", "nelder_mead"} <= set(default_methods())
+    cfg = {"swarm_size": 6, "max_iter": 4, "patience": 10}
+    res = compare(pair, mc_spec(), seed=1, config=cfg, progress=False, test_split=None,
+                  methods=["random", "differential_evolution", "nelder_mead", "cma_es", "ngopt", "swarm_restarts"])
+    n = res.row("swarm").n_evaluations
+    assert n == 6 * 5 and res.budget == n
+    for name in ("random", "differential_evolution", "nelder_mead", "cma_es", "ngopt", "swarm_restarts"):
+        assert n - 6 < res.row(name).n_evaluations <= n, name
+
+
+def test_compare_resumes_every_method_from_its_run_directory(pair, tmp_path):
+    methods = ["best_single", "greedy", "random", "nelder_mead"]
+    first = compare(pair, mc_spec(), seed=2, config=SMALL, out_dir=tmp_path, progress=False, methods=methods)
+    sizes = {p: p.stat().st_size for p in tmp_path.rglob("history.jsonl")}
+    assert len(sizes) == 1 + len(methods)  # search/ and methods/NAME/
+    again = compare(pair, mc_spec(), seed=2, config=SMALL, out_dir=tmp_path, progress=False, methods=methods,
+                    resume=True)
+    assert [(r.name, r.dev, r.test, r.n_evaluations) for r in again.rows] == [
+        (r.name, r.dev, r.test, r.n_evaluations) for r in first.rows]
+    assert {p: p.stat().st_size for p in tmp_path.rglob("history.jsonl")} == sizes  # nothing re-evaluated

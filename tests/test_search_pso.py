@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from logit_swarm.search.pso import (
+from logit_swarm.search.methods.pso import (
     PSO,
     SwarmConfig,
     init_particles,

@@ -324,3 +324,13 @@ def _verify(tokenizer, tb, dummy: bool, rules: TextRules) -> None:
 def model_view(vb: VocabBytes, text: str) -> bytes:
     """The bytes the model's tokens spell for ``text`` at the start of a document."""
     return (b" " if vb.dummy_prefix else b"") + view_text(vb.rules, text)
+
+
+def choose_unit(experts) -> str:
+    """"token" if all experts share one tokenizer (by content), else "byte"."""
+    fps = {e.fingerprint for e in experts}
+    if len(fps) == 1:
+        sizes = {e.vocab_size for e in experts}
+        if len(sizes) == 1:
+            return "token"
+    return "byte"

@@ -58,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit code."""
     from logit_swarm.ensemble import load_expert
     from logit_swarm.recipe import atomic_write_text
-    from logit_swarm.search.api import compare, count_examples, resolve_task
+    from logit_swarm.search.api import count_examples, resolve_task
     from logit_swarm.search.cli import check_run_dir, write_plots
+    from logit_swarm.search.compare import compare
     from logit_swarm.zoo import zoo_cards, zoo_experts
 
     t_start = time.perf_counter()

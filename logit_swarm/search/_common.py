@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from logit_swarm.atomic import atomic_write_text  # noqa: F401 - re-exported for the search modules
 
 #: A utility: rows of a weight matrix in, one utility per row out (higher is better, NaN = failed).
 Evaluate = Callable[[np.ndarray], np.ndarray]
@@ -187,46 +187,6 @@ def rng_from_state(state: dict) -> np.random.Generator:
 # --------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a reader sees the old file or the new one, never half.
-
-    Writes a temporary file in the same directory, fsyncs it, ``os.replace``s it over ``path`` and
-    fsyncs the directory so the rename itself survives a power cut. On any error the temporary file
-    is removed and the old ``path`` (if any) is left untouched.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Also on KeyboardInterrupt: never leave a stray temp file next to the checkpoint.
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: str) -> None:
-    """fsync a directory entry (no-op where the platform does not allow opening directories)."""
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 def dumps(obj: Any) -> str:

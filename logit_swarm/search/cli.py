@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plots:
         write_plots(res.history, run_dir, [e.name for e in experts], args.mode, task.name)
     print(f"dev utility {res.utility:.6g} after {res.n_evaluations} evaluations "
-          f"({len(res.history) - 1} iterations)")
+          f"({len(res.history)} iterations, initial swarm included)")
     if res.memo is not None and res.memo["hits"] + res.memo["misses"]:
         print(f"memo: {res.memo['hit_rate']:.1%} of expert rows answered without a forward pass")
     for e, w in zip(experts, res.ensemble.weights):

@@ -3,7 +3,7 @@
 ::
 
     logit-swarm compare --experts zoo --task zoo-facts-mc --out-dir runs/facts
-    logit-swarm compare --experts m1/ m2/ --task t.yaml --budget 400 --baselines best_single,uniform
+    logit-swarm compare --experts m1/ m2/ --task t.yaml --budget 400 --methods best_single,uniform,cma_es
 
 Everything that decides (search, baselines, PackLLM's τ, vote tie-breaks) sees only dev; the
 test split is evaluated once at the end for the report (``--no-test`` skips it).
@@ -22,19 +22,21 @@ from .cli import add_pool_arguments, check_run_dir, load_pool, plan_from_args, w
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``compare`` sub-command."""
-    from .api import COMPARE_BASELINES
+    from .compare import default_methods
 
     p = subparsers.add_parser(
-        "compare", help="run the search and every baseline; print dev and test utility",
-        description="Run the swarm search and the baselines (" + ", ".join(COMPARE_BASELINES) + ") on "
-        "the task's dev split, then evaluate every result once on the test split and print a table.",
+        "compare", help="run the search and every other method at equal budget; print dev and test utility",
+        description="Run the swarm search and the other methods (" + ", ".join(default_methods()[1:]) + ") on "
+        "the task's dev split, every budgeted one with as many utility evaluations as the swarm used, then "
+        "evaluate every result once on the test split and print a table with evaluations per method.",
     )
     add_pool_arguments(p)
-    p.add_argument("--budget", type=int, help="dev evaluations for differential evolution, local and "
-                   "random search (default: as many as the search used)")
-    p.add_argument("--baselines", metavar="A,B,...", help="comma-separated subset of baselines to run")
-    p.add_argument("--out-dir", metavar="DIR", help="write compare.json, table.txt, the recipe, the "
-                   "search's history and plots here")
+    p.add_argument("--budget", type=int, help="dev evaluations for the budgeted methods (random, DE, "
+                   "Nelder-Mead, CMA-ES, NGOpt; default: as many as the swarm used)")
+    p.add_argument("--methods", "--baselines", dest="methods", metavar="A,B,...",
+                   help="comma-separated subset of methods to run (the swarm always runs)")
+    p.add_argument("--out-dir", metavar="DIR", help="write compare.json, table.txt, per_question.jsonl, the "
+                   "recipe, every method's history and the plots here")
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out-dir")
     p.add_argument("--no-test", action="store_true", help="report dev only")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -46,11 +48,11 @@ def run(args: argparse.Namespace) -> int:
     """Run ``compare``; returns the exit code."""
     from logit_swarm.recipe import atomic_write_text
 
-    from .api import compare
+    from .compare import compare
 
-    baselines = None
-    if args.baselines is not None:
-        baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    methods = None
+    if args.methods is not None:
+        methods = [b.strip() for b in args.methods.split(",") if b.strip()]
     out_dir = Path(args.out_dir).expanduser() if args.out_dir else None
     if args.resume and out_dir is None:
         raise ValueError("--resume needs --out-dir (where the interrupted search was saved)")
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     task, ref, experts = load_pool(args)
     with truncation_run(args.truncation):  # one truncation report for every method compared
         res = compare(experts, ref if ref is not None else task, seed=args.seed, config=plan, mode=args.mode,
-                      budget=args.budget, baselines=baselines, out_dir=out_dir, resume=args.resume,
+                      budget=args.budget, methods=methods, out_dir=out_dir, resume=args.resume,
                       progress=not args.quiet, data_dir=args.data, test_split=None if args.no_test else "test",
                       memo=False if args.no_memo else None)
     table = res.format_table()

@@ -1,32 +1,40 @@
-"""The search driver: runs a :class:`~logit_swarm.search.pso.PSO` against a utility, with a progress
-bar, an append-only history, an atomic checkpoint after every iteration, and exact resume.
+"""The one driver every search method runs through: budget, history, checkpoint, exact resume.
 
-Files written to ``out_dir`` (all strict JSON, no pickle):
+:func:`run_method` builds a method's :class:`~logit_swarm.search.methods.base.Searcher` and loops
+``ask -> map coordinates to mixtures -> evaluate -> tell``. Each step's rows are evaluated in ONE
+call of the utility. The driver, not the method, keeps:
 
-``history.jsonl``    one line per iteration (iteration 0 = the initial swarm): positions of all
-                     particles, which were evaluated and their utilities (NaN -> null), the global
-                     best and worst, the step length used for the move, restarts, evaluations so far
-                     and cumulative elapsed seconds.
-``checkpoint.json``  PSO state (RNG included), seed, the byte length of ``history.jsonl`` it
-                     covers and the elapsed time; replaced atomically after every iteration.
-``result.json``      :meth:`SearchResult.to_json` when the search ends.
+* the **budget**: a step whose rows would exceed it is not evaluated, and the method ends there
+  (population methods ask at most one swarm iteration of rows, so "equal budget" holds within one
+  swarm iteration);
+* the **best** mixture evaluated (first among equal utilities; NaN and +inf rank worst);
+* the **history**: ``history.jsonl``, one line per step: the ``weights`` (mixtures) every row was
+  evaluated with, the method's ``positions`` (its coordinates) when they differ, ``utilities``
+  (NaN -> null), the best so far, evaluations so far, elapsed seconds, plus the method's own
+  ``info`` (the swarm adds iteration, step length, restarts, g, worst...);
+* the **checkpoint**: ``checkpoint.json``, replaced atomically after every step: method, options,
+  seed, mode, budget, the byte length of ``history.jsonl`` it covers, and the task's own state
+  (``task.checkpoint_state()``: reward normalisation, judge cache, random streams);
+* **resume**: the task's state is restored first (``task.restore_state``, before any evaluation),
+  then the method is rebuilt and *replayed*: it is told the saved utilities step by step and each
+  of its asks is checked against the saved coordinates, so the resumed run continues exactly
+  where the interrupted one stopped and ends with the same history and result (except the
+  ``elapsed`` fields). History lines written after the last checkpoint are cut, since their step
+  runs again.
 
-Resume contract: a run killed at any point and restarted with ``resume=True`` (same ``evaluate``,
-``n_experts``, config and seed) ends with exactly the weights, utility, state and history (except the
-``elapsed`` field) an uninterrupted run gives. History lines written after the last checkpoint are
-truncated, because their iteration will be run again.
+Files in ``out_dir`` (strict JSON, no pickle): ``history.jsonl``, ``checkpoint.json``,
+``result.json`` (:meth:`MethodResult.to_dict`, at the end).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -42,208 +50,109 @@ from ._common import (
     float_to_json,
     rank_scores,
 )
-from .pso import PSO, SwarmConfig, SwarmState, state_from_dict, state_to_dict
+from .methods import METHODS, MethodInfo, MethodUnavailable, SearchContext, Searcher
+from .space import space_for_mode
 
-__all__ = ["SearchResult", "GridRun", "GridResult", "run_search", "run_grid", "expand_grid",
-           "sample_configs", "CHECKPOINT_FILE", "HISTORY_FILE", "RESULT_FILE"]
+__all__ = ["MethodResult", "Resumable", "run_method", "read_history", "CHECKPOINT_FILE", "HISTORY_FILE",
+           "RESULT_FILE"]
 
 CHECKPOINT_FILE = "checkpoint.json"
 HISTORY_FILE = "history.jsonl"
 RESULT_FILE = "result.json"
-_CHECKPOINT_FORMAT = "logit_swarm.search.checkpoint"
-_CHECKPOINT_VERSION = 1
+_FORMAT = "logit_swarm.search.checkpoint"
+_VERSION = 2
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """What the utility depends on beyond the weights, saved in every checkpoint (a Task)."""
+
+    def checkpoint_state(self) -> dict:
+        """JSON-serialisable state."""
+        ...
+
+    def restore_state(self, state: dict) -> None:
+        """Put the state back (before the first evaluation of a resumed run)."""
+        ...
 
 
 @dataclass
-class SearchResult:
-    """What a swarm search produced.
+class MethodResult:
+    """What one method found.
 
     Attributes:
-        weights: (N,) raw weights of the all-time global best (see ``pso`` module docstring for how
-            mixing modes read raw weights).
-        utility: its dev utility (-inf if every evaluation failed).
-        history: one record per iteration, as written to ``history.jsonl``.
-        state: the final :class:`SwarmState` (RNG included).
-        config: the settings used.
-        seed: the seed used.
-        n_evaluations: utilities computed (rows of W summed over all calls).
+        method: registry name.
+        weights: (N,) the best mixture evaluated (as evaluated: on the simplex in mode "probs").
+        utility: its utility (-inf if every evaluation failed).
+        n_evaluations: utilities computed (rows, summed over steps).
+        history: one record per step, as in ``history.jsonl``.
+        seed, mode, budget, options: how it ran.
         elapsed: wall-clock seconds, summed over resumed sessions.
+        info: the method's last ``info()`` (e.g. the swarm's final iteration).
     """
 
+    method: str
     weights: np.ndarray
     utility: float
-    history: list[dict[str, Any]]
-    state: SwarmState
-    config: SwarmConfig
-    seed: int
     n_evaluations: int
-    elapsed: float
+    history: list[dict[str, Any]]
+    seed: int
+    mode: str
+    budget: int | None
+    options: dict[str, Any] = field(default_factory=dict)
+    elapsed: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        """Number of asks evaluated."""
+        return len(self.history)
 
     def to_dict(self) -> dict[str, Any]:
-        """A strict-JSON-able dict of the whole result."""
-        return {
-            "weights": array_to_json(self.weights),
-            "utility": float_to_json(self.utility),
-            "seed": self.seed,
-            "n_evaluations": self.n_evaluations,
-            "elapsed": self.elapsed,
-            "config": self.config.to_dict(),
-            "history": self.history,
-            "state": state_to_dict(self.state),
-        }
+        """Strict-JSON-able dict (options must be JSON-able)."""
+        return {"method": self.method, "weights": array_to_json(self.weights), "utility": float_to_json(self.utility),
+                "n_evaluations": self.n_evaluations, "seed": self.seed, "mode": self.mode, "budget": self.budget,
+                "options": self.options, "elapsed": self.elapsed, "info": self.info, "history": self.history}
 
     def to_json(self, indent: int | None = None) -> str:
-        """The result as strict JSON text (NaN as null, infinities as "inf"/"-inf")."""
+        """Strict JSON text."""
         return json.dumps(self.to_dict(), allow_nan=False, indent=indent)
 
-    @classmethod
-    def from_json(cls, text: str) -> SearchResult:
-        """Read :meth:`to_json` output back."""
-        d = json.loads(text)
-        return cls(
-            weights=array_from_json(d["weights"], 1), utility=float_from_json(d["utility"]),
-            history=d["history"], state=state_from_dict(d["state"]),
-            config=SwarmConfig.from_dict(d["config"]), seed=int(d["seed"]),
-            n_evaluations=int(d["n_evaluations"]), elapsed=float(d["elapsed"]),
-        )
+
+def _info(method: str | MethodInfo) -> MethodInfo:
+    return method if isinstance(method, MethodInfo) else METHODS.get(method)
 
 
-# --------------------------------------------------------------------------------------------
-# run_search
-# --------------------------------------------------------------------------------------------
+class _Best:
+    """The best row evaluated so far (first among equals)."""
+
+    def __init__(self, n: int) -> None:
+        self.weights, self.utility, self.score = np.full(n, np.nan), -np.inf, -np.inf
+
+    def update(self, W: np.ndarray, u: np.ndarray) -> None:
+        s = rank_scores(u)
+        i = int(np.argmax(s)) if len(s) else 0
+        if len(s) and (s[i] > self.score or not np.isfinite(self.weights).all()):
+            self.weights, self.utility, self.score = W[i].copy(), float(u[i]), float(s[i])
 
 
-def run_search(
-    evaluate: Evaluate,
-    n_experts: int,
-    config: SwarmConfig | None = None,
-    out_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    seed: int = 0,
-    on_iteration: Callable[[dict[str, Any]], None] | None = None,
-) -> SearchResult:
-    """Run a Model Swarms search over mixing weights.
-
-    Each iteration's particles are evaluated in ONE call ``evaluate(W)`` with W of shape (k, N)
-    (k = swarm size, fewer only with dropout; a call with k = 0 is never made).
-
-    Args:
-        evaluate: utility, ``W (k, N) -> (k,)``, higher is better; NaN marks a failed particle
-            (ranked worst). It receives a copy of W, so it may modify it.
-        n_experts: N, the number of experts (>= 2).
-        config: swarm settings; ``None`` means the defaults for a new run, or the saved settings
-            when resuming.
-        out_dir: where to write ``history.jsonl``, ``checkpoint.json`` and ``result.json``; ``None``
-            keeps everything in memory (no resume possible).
-        resume: continue from ``out_dir/checkpoint.json`` if it exists (a finished run is returned
-            as is), else start a new run there. Without it an ``out_dir`` holding a previous run is
-            refused rather than overwritten.
-        progress: show a tqdm bar on stderr (iteration, best and mean utility, evaluations/s).
-        seed: integer seed for the swarm's numpy Generator.
-        on_iteration: called with each history record after it is checkpointed.
-
-    Returns:
-        A :class:`SearchResult`.
-
-    Raises:
-        ValueError: on bad arguments, a resume whose config/seed/N differ from the checkpoint, or
-            an ``evaluate`` that returns the wrong shape. Exceptions from ``evaluate`` propagate;
-            the last checkpoint stays valid.
-    """
-    if not callable(evaluate):
-        raise ValueError("evaluate must be callable: W (k, N) -> utilities (k,)")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an int (it is stored in the checkpoint), got {seed!r}")
-    seed = int(seed)
-    if resume and out_dir is None:
-        raise ValueError("resume=True needs out_dir (the directory holding checkpoint.json)")
-    if config is not None and not isinstance(config, SwarmConfig):
-        raise ValueError(f"config must be a SwarmConfig or None, got {type(config).__name__}")
-
-    ckpt_path = hist_path = None
-    history: list[dict[str, Any]] = []
-    elapsed_before = 0.0
-    pso: PSO | None = None
-    if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
-        ckpt_path = os.path.join(out_dir, CHECKPOINT_FILE)
-        hist_path = os.path.join(out_dir, HISTORY_FILE)
-        if resume and os.path.exists(ckpt_path):
-            pso, history, elapsed_before = _load_checkpoint(ckpt_path, hist_path, n_experts, config, seed)
-        elif any(os.path.exists(os.path.join(out_dir, name))
-                 for name in (CHECKPOINT_FILE, HISTORY_FILE, RESULT_FILE)):
-            raise ValueError(f"{out_dir} already holds a search; pass resume=True to continue it, "
-                             f"or choose an empty directory")
-    if pso is None:
-        pso = PSO(n_experts, config if config is not None else SwarmConfig(), seed)
-        if hist_path is not None:
-            open(hist_path, "w").close()  # a fresh run starts a fresh history
-
-    bar = tqdm(total=pso.config.max_iter + 1, initial=len(history), desc="swarm search",
-               unit="it", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-    session_start = time.perf_counter()
-    session_evals = 0
-    try:
-        while not pso.done:
-            step_length = pso.state.step_length if pso.state.initialized else None
-            W = pso.ask()
-            if len(W):
-                utilities = check_utilities(evaluate(W.copy()), len(W))
-            else:  # the whole iteration was dropped (dropout acceleration)
-                utilities = np.empty(0)
-            evaluated = pso.state.pending
-            pso.tell(W, utilities)
-            session_evals += len(W)
-            elapsed = elapsed_before + (time.perf_counter() - session_start)
-            record = _history_record(pso, evaluated, utilities, step_length, elapsed)
-            history.append(record)
-            if ckpt_path is not None:
-                _append_line(hist_path, dumps(record))
-                _save_checkpoint(ckpt_path, hist_path, pso, seed, elapsed)
-            bar.update(1)
-            rate = session_evals / max(time.perf_counter() - session_start, 1e-9)
-            bar.set_postfix(best=f"{pso.best.utility:.4g}", mean=_fmt(record["mean_utility"]),
-                            evals_per_s=f"{rate:.3g}", refresh=False)
-            if on_iteration is not None:
-                on_iteration(record)
-    finally:
-        bar.close()
-
-    # Time through the last iteration (summed over sessions); a resumed finished run keeps its own.
-    elapsed = history[-1]["elapsed"] if history else 0.0
-    best = pso.best
-    result = SearchResult(weights=best.weights, utility=best.utility, history=history,
-                          state=pso.state, config=pso.config, seed=seed,
-                          n_evaluations=pso.state.n_evaluations, elapsed=elapsed)
-    if out_dir is not None:
-        atomic_write_text(os.path.join(out_dir, RESULT_FILE), result.to_json())
-    return result
+def _record(step: int, coords: np.ndarray, W: np.ndarray, u: np.ndarray, best: _Best, n_eval: int,
+            elapsed: float, info: Mapping[str, Any]) -> dict[str, Any]:
+    finite = u[np.isfinite(u)]
+    rec: dict[str, Any] = {"step": step, "weights": array_to_json(W)}
+    if not np.array_equal(coords, W):
+        rec["positions"] = array_to_json(coords)
+    rec.update(utilities=array_to_json(u), mean_utility=float(finite.mean()) if finite.size else None,
+               best_utility=float_to_json(best.utility if np.isfinite(best.score) else -np.inf),
+               best_weights=array_to_json(best.weights), n_evaluations=n_eval, elapsed=elapsed)
+    rec.update(info)
+    return rec
 
 
-def _fmt(x: float | None) -> str:
-    return "nan" if x is None else f"{x:.4g}"
-
-
-def _history_record(pso: PSO, evaluated: tuple[int, ...] | None, utilities: np.ndarray,
-                    step_length: float | None, elapsed: float) -> dict[str, Any]:
-    """One line of history.jsonl, describing the iteration just told."""
-    s = pso.state
-    finite = utilities[np.isfinite(utilities)]
-    return {
-        "iteration": s.iteration,
-        "positions": array_to_json(s.positions),
-        "evaluated": list(evaluated or ()),
-        "utilities": array_to_json(utilities),
-        "mean_utility": float(finite.mean()) if finite.size else None,
-        "g": array_to_json(s.gbest_position),
-        "g_utility": float_to_json(s.gbest_utility),
-        "worst_utility": float_to_json(s.gworst_utility),
-        "step_length": step_length,  # the lambda that produced these positions (None at 0)
-        "restarted": list(s.restarted) if s.iteration > 0 else [],
-        "n_evaluations": s.n_evaluations,
-        "elapsed": elapsed,
-    }
+def read_history(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of ``out_dir/history.jsonl``."""
+    with open(os.path.join(out_dir, HISTORY_FILE), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def _append_line(path: str, line: str) -> None:
@@ -254,188 +163,181 @@ def _append_line(path: str, line: str) -> None:
         os.fsync(f.fileno())
 
 
-def _save_checkpoint(ckpt_path: str, hist_path: str, pso: PSO, seed: int, elapsed: float) -> None:
-    payload = {
-        "format": _CHECKPOINT_FORMAT,
-        "version": _CHECKPOINT_VERSION,
-        "seed": seed,
-        "n_experts": pso.state.n_experts,
-        "history_bytes": os.path.getsize(hist_path),
-        "elapsed": elapsed,
-        "pso": pso.state_dict(),
-    }
-    atomic_write_text(ckpt_path, dumps(payload))
-
-
-def _load_checkpoint(ckpt_path: str, hist_path: str, n_experts: int, config: SwarmConfig | None,
-                     seed: int) -> tuple[PSO, list[dict[str, Any]], float]:
-    """Read a checkpoint, check it matches the call, and cut history.jsonl back to what it covers."""
-    with open(ckpt_path, encoding="utf-8") as f:
-        try:
-            d = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{ckpt_path} is not valid JSON ({exc}); it was not written by this "
-                             f"code, since checkpoints are replaced atomically") from None
-    if not isinstance(d, dict) or d.get("format") != _CHECKPOINT_FORMAT:
-        raise ValueError(f"{ckpt_path} is not a logit_swarm search checkpoint")
-    if d.get("version") != _CHECKPOINT_VERSION:
-        raise ValueError(f"{ckpt_path} has checkpoint version {d.get('version')!r}; "
-                         f"this code reads version {_CHECKPOINT_VERSION}")
-    pso = PSO.from_state_dict(d["pso"])
-    if d["n_experts"] != n_experts:
-        raise ValueError(f"checkpoint is for {d['n_experts']} experts, not {n_experts}; "
-                         f"resume with the same experts or use another out_dir")
-    if d["seed"] != seed:
-        raise ValueError(f"checkpoint was made with seed={d['seed']}, not seed={seed}; "
-                         f"resume with the same seed or use another out_dir")
-    if config is not None and config != pso.config:
-        diff = {k: (v, getattr(config, k)) for k, v in pso.config.to_dict().items()
-                if getattr(config, k) != v}
-        raise ValueError(f"config differs from the checkpoint's (saved, given): {diff}; "
-                         f"resume with the saved config (config=None) or use another out_dir")
-    n_bytes = int(d["history_bytes"])
-    if not os.path.exists(hist_path) or os.path.getsize(hist_path) < n_bytes:
-        raise ValueError(f"{hist_path} is missing or shorter than the checkpoint says "
-                         f"({n_bytes} bytes); the run directory was modified")
-    with open(hist_path, "r+b") as f:
-        data = f.read(n_bytes)
-        f.truncate(n_bytes)  # drop lines of iterations the checkpoint does not cover
-        f.flush()
-        os.fsync(f.fileno())
-    history = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
-    if len(history) != pso.state.iteration + 1:
-        raise ValueError(f"{hist_path} has {len(history)} records but the checkpoint is at "
-                         f"iteration {pso.state.iteration}; the run directory was modified")
-    return pso, history, float(d["elapsed"])
-
-
-# --------------------------------------------------------------------------------------------
-# Grids of settings and seeds
-# --------------------------------------------------------------------------------------------
-
-
-def expand_grid(grid: Mapping[str, Any], base: SwarmConfig | None = None) -> list[SwarmConfig]:
-    """All combinations of a grid of settings, as configs (cartesian product, in key order).
-
-    Args:
-        grid: setting name -> list of values (a single non-list value counts as one value).
-        base: settings not in the grid (default: :class:`SwarmConfig` defaults).
-
-    Returns:
-        One :class:`SwarmConfig` per combination.
-    """
-    base = base if base is not None else SwarmConfig()
-    keys = list(grid)
-    values = [v if isinstance(v, (list, tuple)) else [v] for v in grid.values()]
-    for k, v in zip(keys, values):
-        if len(v) == 0:
-            raise ValueError(f"grid entry {k!r} has no values")
-    return [base.replace(**dict(zip(keys, combo))) for combo in itertools.product(*values)]
-
-
-def sample_configs(grid: Mapping[str, Any], n: int, rng: np.random.Generator,
-                   base: SwarmConfig | None = None) -> list[SwarmConfig]:
-    """``n`` distinct configs drawn uniformly from a grid (the authors' scripts sample their grid).
-
-    Args:
-        grid: as for :func:`expand_grid`.
-        n: how many (at most the grid's size).
-        rng: numpy Generator.
-        base: settings not in the grid.
-    """
-    configs = expand_grid(grid, base)
-    if not 1 <= n <= len(configs):
-        raise ValueError(f"n must be between 1 and the grid size {len(configs)}, got {n}")
-    return [configs[i] for i in sorted(rng.choice(len(configs), size=n, replace=False))]
+def _json_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Options as JSON values (configs via their to_dict)."""
+    def enc(v: Any) -> Any:
+        if hasattr(v, "to_dict"):
+            return v.to_dict()
+        if isinstance(v, (list, tuple)):
+            return [enc(x) for x in v]
+        if isinstance(v, Mapping):
+            return {str(k): enc(x) for k, x in v.items()}
+        return v
+    return {str(k): enc(v) for k, v in options.items()}
 
 
 @dataclass
-class GridRun:
-    """Summary of one (config, seed) run of a grid."""
+class _Run:
+    """The mutable state of one driver loop."""
 
-    config: SwarmConfig
-    seed: int
-    utility: float
-    n_evaluations: int
-    out_dir: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able summary."""
-        return {"config": self.config.to_dict(), "seed": self.seed,
-                "utility": float_to_json(self.utility), "n_evaluations": self.n_evaluations,
-                "out_dir": self.out_dir}
+    searcher: Searcher
+    best: _Best
+    history: list[dict[str, Any]]
+    n_eval: int = 0
+    elapsed_before: float = 0.0
 
 
-@dataclass
-class GridResult:
-    """The best run of a grid on dev, plus a summary of every run.
-
-    Attributes:
-        best: the :class:`SearchResult` with the highest dev utility (first one on ties).
-        runs: every run, in the order they ran.
-    """
-
-    best: SearchResult
-    runs: list[GridRun] = field(default_factory=list)
-
-    def to_json(self, indent: int | None = None) -> str:
-        """Strict JSON: the best result and the run summaries."""
-        return json.dumps({"best": self.best.to_dict(), "runs": [r.to_dict() for r in self.runs]},
-                          allow_nan=False, indent=indent)
+def _replay(run: _Run, space: Any) -> None:
+    """Tell a fresh searcher the saved steps, checking each ask against the saved coordinates."""
+    for rec in run.history:
+        coords = run.searcher.ask()
+        saved = array_from_json(rec.get("positions", rec["weights"]), 2, coords.shape[1])
+        if coords.shape != saved.shape or not np.array_equal(coords, saved):
+            raise ValueError(f"resume: step {rec['step']} of the saved history does not match what the method "
+                             "asks now (different code, options or seed); use another out_dir to start over")
+        u = np.array([float_from_json(x) for x in rec["utilities"]], dtype=np.float64)
+        run.searcher.tell(coords, u)
+        run.best.update(space.weights(coords), u)
+        run.n_eval += len(u)
 
 
-def run_grid(
-    evaluate: Evaluate,
-    n_experts: int,
-    configs_or_grid: Mapping[str, Any] | Iterable[SwarmConfig],
-    seeds: Sequence[int] = (0,),
-    out_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    base: SwarmConfig | None = None,
-    on_run: Callable[[GridRun], None] | None = None,
-) -> GridResult:
-    """Run several seeded settings and keep the best on dev, as the paper did.
+def _open_run_dir(out_dir: str, resume: bool, header: dict[str, Any], resumable: Resumable | None,
+                  ) -> tuple[list[dict[str, Any]], float] | None:
+    """Check the run directory; on resume restore the task state, cut the history, return it."""
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt, hist = os.path.join(out_dir, CHECKPOINT_FILE), os.path.join(out_dir, HISTORY_FILE)
+    if resume and os.path.exists(ckpt):
+        with open(ckpt, encoding="utf-8") as f:
+            try:
+                d = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{ckpt} is not valid JSON ({exc}); checkpoints are written atomically, "
+                                 "so it was not written by this code") from None
+        if not isinstance(d, dict) or d.get("format") != _FORMAT or d.get("version") != _VERSION:
+            raise ValueError(f"{ckpt} is not a search checkpoint of this version (format {_FORMAT} v{_VERSION}); "
+                             "use another out_dir")
+        diff = {k: (d.get(k), v) for k, v in header.items() if d.get(k) != v}
+        if diff:
+            raise ValueError(f"resume: the run in {out_dir} was made with other settings (saved, given): {diff}; "
+                             "resume with the same ones or use another out_dir")
+        n_bytes = int(d["history_bytes"])
+        if not os.path.exists(hist) or os.path.getsize(hist) < n_bytes:
+            raise ValueError(f"{hist} is missing or shorter than its checkpoint says; the run directory was modified")
+        with open(hist, "r+b") as f:
+            data = f.read(n_bytes)
+            f.truncate(n_bytes)  # drop steps the checkpoint does not cover: they run again
+        if resumable is not None:
+            resumable.restore_state(d.get("task_state") or {})
+        return [json.loads(x) for x in data.decode("utf-8").splitlines() if x.strip()], float(d["elapsed"])
+    if any(os.path.exists(os.path.join(out_dir, n)) for n in (CHECKPOINT_FILE, HISTORY_FILE, RESULT_FILE)):
+        raise ValueError(f"{out_dir} already holds a search; pass resume=True (--resume) to continue it, "
+                         "or choose an empty directory")
+    open(hist, "w").close()
+    return None
+
+
+def _checkpoint(out_dir: str, header: dict[str, Any], elapsed: float, n_eval: int,
+                resumable: Resumable | None) -> None:
+    payload = {"format": _FORMAT, "version": _VERSION, **header,
+               "history_bytes": os.path.getsize(os.path.join(out_dir, HISTORY_FILE)),
+               "n_evaluations": n_eval, "elapsed": elapsed,
+               "task_state": resumable.checkpoint_state() if resumable is not None else {}}
+    atomic_write_text(os.path.join(out_dir, CHECKPOINT_FILE), dumps(payload))
+
+
+def run_method(method: str | MethodInfo, evaluate: Evaluate, n_experts: int, *, mode: str = "probs",
+               seed: int = 0, budget: int | None = None, options: Mapping[str, Any] | None = None,
+               batch: int = 20, out_dir: str | os.PathLike | None = None, resume: bool = False,
+               progress: bool = True, resumable: Resumable | None = None, task: Any = None,
+               experts: Any = None, on_step: Callable[[dict[str, Any]], None] | None = None) -> MethodResult:
+    """Run one registered search method against a utility.
 
     Args:
-        evaluate: the utility, as for :func:`run_search`.
+        method: a name of :data:`~logit_swarm.search.methods.METHODS` (or its info).
+        evaluate: ``W (k, N) -> (k,)`` utilities of mixtures, higher is better, NaN = failed.
         n_experts: N.
-        configs_or_grid: a list of :class:`SwarmConfig`, or a grid ``{setting: [values]}``
-            expanded with :func:`expand_grid` on top of ``base``.
-        seeds: every config runs once per seed.
-        out_dir: if given, run k with seed s writes to ``out_dir/run{k:03d}-seed{s}`` and a
-            ``grid.json`` summary is written at the end.
-        resume: resume each run from its own checkpoint (finished runs are not redone).
-        progress: progress bars.
-        base: base config for a grid mapping.
-        on_run: called with each run's summary when it finishes.
+        mode: mixing mode; decides the space (simplex / box) coordinates are mapped into.
+        seed: the method's seed.
+        budget: maximum utility evaluations (None: the method's own count; budgeted methods
+            need one).
+        options: method-specific settings (the swarm's ``config`` / ``configs`` / ``seeds``...).
+        batch: rows per ask for population methods (one swarm iteration).
+        out_dir: where to write history, checkpoint and result; None keeps them in memory.
+        resume: continue the run saved in ``out_dir`` (a finished run is replayed, nothing evaluated).
+        progress: a tqdm bar on stderr.
+        resumable: the task (anything with checkpoint_state/restore_state), saved in checkpoints.
+        task, experts: handed to methods that read the task's targets (EM).
+        on_step: called with each history record after it is checkpointed.
 
     Returns:
-        A :class:`GridResult`.
+        A :class:`MethodResult`.
+
+    Raises:
+        MethodUnavailable: the method does not apply (optional package missing, mode, task kind).
+        ValueError: bad arguments, or a resume whose settings differ from the saved ones.
     """
-    if isinstance(configs_or_grid, Mapping):
-        configs = expand_grid(configs_or_grid, base)
-    else:
-        configs = list(configs_or_grid)
-        if not all(isinstance(c, SwarmConfig) for c in configs):
-            raise ValueError("configs_or_grid must be a grid mapping or a list of SwarmConfig")
-    seeds = list(seeds)
-    if not configs or not seeds:
-        raise ValueError("run_grid needs at least one config and one seed")
-    runs: list[GridRun] = []
-    best: SearchResult | None = None
-    for k, cfg in enumerate(configs):
-        for s in seeds:
-            sub = None if out_dir is None else os.path.join(out_dir, f"run{k:03d}-seed{s}")
-            res = run_search(evaluate, n_experts, cfg, sub, resume=resume, progress=progress, seed=s)
-            run = GridRun(cfg, int(s), res.utility, res.n_evaluations, sub)
-            runs.append(run)
-            if best is None or rank_scores(res.utility) > rank_scores(best.utility):
-                best = res
-            if on_run is not None:
-                on_run(run)
-    assert best is not None
-    result = GridResult(best=best, runs=runs)
+    info = _info(method)
+    if mode not in info.modes:
+        raise MethodUnavailable(f"{info.name} applies to mode(s) {', '.join(info.modes)}, not {mode!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an int (it is stored in the checkpoint), got {seed!r}")
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs out_dir (the directory holding checkpoint.json)")
+    space = space_for_mode(mode)
+    opts = dict(options or {})
+    ctx = SearchContext(n_experts=int(n_experts), space=space, seed=int(seed), budget=budget, batch=int(batch),
+                        options=opts, task=task, experts=experts)
+    header = {"method": info.name, "seed": int(seed), "mode": mode, "n_experts": int(n_experts), "budget": budget,
+              "batch": int(batch), "options": _json_options(opts)}
+    run = _Run(info.make(ctx), _Best(int(n_experts)), [])
     if out_dir is not None:
-        atomic_write_text(os.path.join(out_dir, "grid.json"), result.to_json())
-    return result
+        out_dir = os.fspath(out_dir)
+        saved = _open_run_dir(out_dir, resume, header, resumable)
+        if saved is not None:
+            run.history, run.elapsed_before = saved
+            _replay(run, space)
+    _loop(run, evaluate, space, budget, out_dir, header, resumable, progress, info.label, on_step)
+    return _finish(run, info, header, out_dir)
+
+
+def _loop(run: _Run, evaluate: Evaluate, space: Any, budget: int | None, out_dir: str | None,
+          header: dict[str, Any], resumable: Resumable | None, progress: bool, label: str,
+          on_step: Callable[[dict[str, Any]], None] | None) -> None:
+    bar = tqdm(total=budget, initial=run.n_eval, desc=label, unit="eval", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        while not run.searcher.done:
+            coords = run.searcher.ask()
+            if budget is not None and run.n_eval + len(coords) > budget:
+                break
+            W = space.weights(coords)
+            u = check_utilities(evaluate(W.copy()), len(W))
+            run.searcher.tell(coords, u)
+            run.best.update(W, u)
+            run.n_eval += len(u)
+            elapsed = run.elapsed_before + (time.perf_counter() - start)
+            rec = _record(len(run.history), coords, W, u, run.best, run.n_eval, elapsed, run.searcher.info())
+            run.history.append(rec)
+            if out_dir is not None:
+                _append_line(os.path.join(out_dir, HISTORY_FILE), dumps(rec))
+                _checkpoint(out_dir, header, elapsed, run.n_eval, resumable)
+            bar.update(len(u))
+            bar.set_postfix(best=f"{run.best.utility:.4g}", refresh=False)
+            if on_step is not None:
+                on_step(rec)
+    finally:
+        bar.close()
+
+
+def _finish(run: _Run, info: MethodInfo, header: dict[str, Any], out_dir: str | None) -> MethodResult:
+    if not run.history:
+        raise ValueError(f"{info.name}: the budget ({header['budget']}) allowed no evaluation at all")
+    utility = run.best.utility if np.isfinite(run.best.score) else -np.inf
+    res = MethodResult(method=info.name, weights=run.best.weights, utility=float(utility), n_evaluations=run.n_eval,
+                       history=run.history, seed=header["seed"], mode=header["mode"], budget=header["budget"],
+                       options=header["options"], elapsed=float(run.history[-1]["elapsed"]),
+                       info=run.searcher.info())
+    if out_dir is not None:
+        atomic_write_text(os.path.join(out_dir, RESULT_FILE), res.to_json())
+    return res

@@ -55,14 +55,6 @@ def read_history(path: str | os.PathLike) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _mixing_weights(positions: np.ndarray, mode: str) -> np.ndarray:
-    if mode != "probs":
-        return positions
-    c = np.clip(positions, 0.0, None)
-    s = c.sum(axis=-1, keepdims=True)
-    return np.divide(c, s, out=np.zeros_like(c), where=s > 0)
-
-
 def plot_history(history: str | os.PathLike | Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
                  expert_names: Sequence[str] | None = None, mode: str = "probs",
                  title: str | None = None) -> list[Path]:
@@ -93,13 +85,13 @@ def plot_history(history: str | os.PathLike | Sequence[Mapping[str, Any]], out_d
     records = read_history(history) if isinstance(history, (str, os.PathLike)) else list(history)
     if not records:
         raise ValueError("the search history is empty; nothing to plot")
-    it = np.array([r["iteration"] for r in records])
-    best = np.array([float_from_json(r.get("g_utility")) for r in records])
-    worst = np.array([float_from_json(r.get("worst_utility")) for r in records])
+    it = np.array([r.get("step", k) for k, r in enumerate(records)])
+    best = np.array([float_from_json(r.get("best_utility")) for r in records])
     mean = np.array([np.nan if r.get("mean_utility") is None else r["mean_utility"] for r in records])
-    pos = np.stack([array_from_json(r["positions"], 2) for r in records])  # [iters, P, N]
-    g = np.stack([array_from_json(r["g"], 1) for r in records])  # [iters, N]
-    n_exp = pos.shape[2]
+    worst = np.array([float_from_json(r["worst_utility"]) if "worst_utility" in r else np.nan for r in records])
+    rows_w = [array_from_json(r["weights"], 2) for r in records]  # the mixtures evaluated, per step
+    g = np.stack([array_from_json(r["best_weights"], 1) for r in records])  # [steps, N]
+    n_exp = g.shape[1]
     names = list(expert_names) if expert_names is not None else [f"expert {i}" for i in range(n_exp)]
     if len(names) != n_exp:
         raise ValueError(f"{len(names)} expert names for {n_exp} experts in the history")
@@ -109,13 +101,13 @@ def plot_history(history: str | os.PathLike | Sequence[Mapping[str, Any]], out_d
     written = []
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    ax.plot(it, best, "-o", ms=3, color="tab:green", label="global best (all time)")
+    ax.plot(it, best, "-o", ms=3, color="tab:green", label="best so far")
     ax.plot(it, mean, "-", color="tab:blue", label="mean of evaluated particles")
     finite_worst = np.isfinite(worst)
     if finite_worst.any():
         ax.plot(it[finite_worst], worst[finite_worst], ":", color="tab:red", label="global worst (all time)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("iteration (0 = initial swarm)")
+    ax.set_xlabel("step (swarm: iteration; 0 = initial swarm)")
     ax.set_ylabel("dev utility")
     ax.set_title(f"{prefix}utility per iteration")
     ax.grid(alpha=0.3)
@@ -126,16 +118,17 @@ def plot_history(history: str | os.PathLike | Sequence[Mapping[str, Any]], out_d
     plt.close(fig)
     written.append(path)
 
-    w = _mixing_weights(pos, mode)
-    gw = _mixing_weights(g, mode)
+    gw = g
     cols = min(3, n_exp)
     rows = math.ceil(n_exp / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 2.6 * rows), dpi=110, squeeze=False,
                              sharex=True)
     for i in range(n_exp):
         ax = axes[i // cols][i % cols]
-        ax.plot(it, w[:, :, i], lw=0.8, alpha=0.45)
-        ax.plot(it, gw[:, i], color="black", lw=1.8, label="global best")
+        xs = np.concatenate([np.full(len(w), t) for t, w in zip(it, rows_w)])
+        ys = np.concatenate([w[:, i] for w in rows_w])
+        ax.plot(xs, ys, ".", ms=2, alpha=0.45)
+        ax.plot(it, gw[:, i], color="black", lw=1.8, label="best so far")
         ax.set_title(names[i], fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -144,10 +137,10 @@ def plot_history(history: str | os.PathLike | Sequence[Mapping[str, Any]], out_d
     for j in range(n_exp, rows * cols):
         axes[j // cols][j % cols].axis("off")
     axes[0][0].legend(loc="upper right", fontsize=7)
-    label = "mixing weight" if mode == "probs" else "raw weight"
+    label = "mixing weight" if mode == "probs" else "log-linear weight"
     fig.supylabel(label)
-    fig.supxlabel("iteration")
-    fig.suptitle(f"{prefix}each particle's {label} per expert")
+    fig.supxlabel("step")
+    fig.suptitle(f"{prefix}{label} of every evaluated row, per expert")
     fig.tight_layout()
     path = out / WEIGHTS_PNG
     _save(fig, path)

@@ -177,6 +177,24 @@ class Task:
         """Evaluate every particle of ``pool`` on ``split`` (the guard has already run)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _evaluate")
 
+    # -- resume ----------------------------------------------------------------------------
+
+    def checkpoint_state(self) -> dict:
+        """Everything the utility depends on beyond the weights, as JSON values (reward
+        normalisation, judge cache, random streams...); saved in every search checkpoint.
+        The base task has none."""
+        return {}
+
+    def restore_state(self, state: dict) -> None:
+        """Put back what :meth:`checkpoint_state` returned; called by a resumed search before
+        its first evaluation. The base task has nothing to restore."""
+
+    def question_ids(self, split: str = "dev") -> list[str]:
+        """A stable id per example of ``split`` (the record's ``id`` if it has one, else its
+        index), for per-question result files."""
+        return [str(ex.get("id", i)) if isinstance(ex, Mapping) else str(i)
+                for i, ex in enumerate(self.examples(split))]
+
     def clear_cache(self) -> None:
         """Drop cached likelihood tables and ensembles (e.g. to free memory)."""
         self.cache.clear()

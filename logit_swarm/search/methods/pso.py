@@ -5,15 +5,15 @@ model: it proposes weight vectors and is told one utility per vector (higher is 
 
 Weight convention
 -----------------
-Positions are raw real vectors and are handed to the utility unchanged. The consumer interprets
-them: mixing mode ``"probs"`` uses ``max(w, 0) / sum(max(w, 0))`` (negatives clipped, then
-renormalised); mode ``"logits"`` uses ``w`` as is (negative = anti-expert). Because the swarm starts
-from one-hot experts and *affine* crossovers of them (child weights ``w1 + (1 - w1) = 1``), and every
-velocity is a combination of position differences, **every position sums to 1 for the whole
-search** (up to float rounding). So a ``"probs"`` consumer always has at least one positive entry,
-and a ``"logits"`` consumer always sees weights that sum to 1. It also means that positions stay in
-the affine hull of the initial swarm: an expert that is not in the initial swarm can never gain
-weight, which is why ``swarm_size`` must be at least the number of experts.
+Every search runs the swarm in a bounded :class:`~logit_swarm.search.space.MixingSpace`: in mode
+``"probs"`` every position is a mixture (>= 0, sums to 1; moves are followed by the Euclidean
+projection onto the simplex), in mode ``"logits"`` positions stay in the box ``[-1, 1]^N``
+(clipped). The starting swarm is the N one-hot experts plus crossover children that are valid
+points of the space (see :func:`init_particles`). The pure functions also accept ``space=None``,
+the authors' unbounded rule: positions are raw vectors that stay in the affine hull of the initial
+swarm (every position sums to 1), where with the argparse settings they drifted to |w| ~ 100.
+Either way an expert that is not in the initial swarm could never gain weight, which is why
+``swarm_size`` must be at least the number of experts.
 
 How the state moves (the two halves of one iteration of Algorithm 1)
 ---------------------------------------------------------------------
@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._common import (
+from .._common import (
     array_from_json,
     array_to_json,
     float_from_json,
@@ -52,6 +54,8 @@ from ._common import (
     rng_from_state,
     rng_state,
 )
+from ..space import MixingSpace, space_for_mode
+from .base import MethodInfo, register_method
 
 __all__ = [
     "SwarmConfig",
@@ -71,6 +75,7 @@ __all__ = [
 ]
 
 VELOCITY_INIT_MODES = ("random", "zero", "best")
+RESTART_TARGETS = ("pbest", "random")
 
 
 # ============================================================================================
@@ -82,22 +87,31 @@ VELOCITY_INIT_MODES = ("random", "zero", "best")
 class SwarmConfig:
     """Hyper-parameters of one swarm search (immutable; JSON round-trip via to_dict/from_dict).
 
-    Defaults are the authors' ``search.py`` argparse defaults, except where their published scripts
-    or the paper say otherwise (noted per field).
+    Defaults are the paper's protocol: the settings the paper states (N = 20, patience 10,
+    step length x0.95 per iteration with floor 0.1, restart patience c_r = 5, K = 50 iterations;
+    Feng et al. 2024, as quoted in ``shared/notes/model_swarms.md``) and, for the four
+    coefficients and the initial step length, which the authors' run scripts
+    (``search_*.sh``) draw at random from grids, the middle value of each script grid.
+    ``experiments/configs/paper_grid.yaml`` runs the scripts' grid itself. The argparse defaults
+    of their ``search.py`` (0.4 / 0.3 / 0.3 / 0.3, lambda 1) are not what their scripts ran.
 
     Attributes:
         swarm_size: number of particles P (paper: N = 20 via the population step). Must be at least
             the number of experts, see the module docstring.
-        inertia: phi_v, weight of the previous velocity (code default 0.4; scripts 0.1-0.3).
-        cognitive: phi_p, pull towards the particle's personal best (0.3).
-        social: phi_g, pull towards the global best (0.3).
-        repel: phi_w, push away from the all-time global worst (0.3; scripts 0.01-0.1).
-        step_length: initial lambda in ``x <- x + lambda v`` (1.0; scripts 0.5-1.0).
+        inertia: phi_v, weight of the previous velocity (0.2 = middle of the scripts' {0.1, 0.2, 0.3};
+            argparse default 0.4).
+        cognitive: phi_p, pull towards the particle's personal best (0.3, middle of {0.1 ... 0.5}).
+        social: phi_g, pull towards the global best (0.4, middle of {0.2 ... 0.6}; argparse 0.3).
+        repel: phi_w, push away from the all-time global worst (0.05, middle of {0.01, 0.05, 0.1};
+            argparse 0.3).
+        step_length: initial lambda in ``x <- x + lambda v`` (0.7, the lower middle of the scripts'
+            {0.5, 0.6, ..., 1.0}; argparse 1.0).
         step_length_factor: lambda is multiplied by this after every iteration (0.95).
         min_step_length: floor of lambda (0.1).
         patience: stop when the global best has not improved for this many iterations (10).
         restart_patience: a particle is restarted when its stagnation count reaches
-            ``restart_patience * patience`` (0.67, as the authors' scripts use; code default 0.5).
+            ``restart_patience * patience`` (0.5, i.e. 5 iterations: the paper's c_r = 5 and the
+            argparse default; the scripts use 0.67).
         restart_cooldown: after a restart, a particle cannot be restarted again for this many
             iterations (3, as in the authors' later MoCo code; 0 = the original, which resets a
             stagnant particle every iteration).
@@ -115,15 +129,15 @@ class SwarmConfig:
     """
 
     swarm_size: int = 20
-    inertia: float = 0.4
+    inertia: float = 0.2
     cognitive: float = 0.3
-    social: float = 0.3
-    repel: float = 0.3
-    step_length: float = 1.0
+    social: float = 0.4
+    repel: float = 0.05
+    step_length: float = 0.7
     step_length_factor: float = 0.95
     min_step_length: float = 0.1
     patience: int = 10
-    restart_patience: float = 0.67
+    restart_patience: float = 0.5
     restart_cooldown: int = 3
     max_iter: int = 50
     velocity_init: str = "random"
@@ -132,6 +146,8 @@ class SwarmConfig:
     restart: bool = True
     drop_iter: float = 0.0
     drop_particle: float = 0.0
+    restart_to: str = "pbest"
+    r_low: float = 0.0
 
     def __post_init__(self) -> None:
         """Check types and ranges; coerce int-valued floats to float so equality is by value."""
@@ -179,6 +195,10 @@ class SwarmConfig:
         if self.velocity_init not in VELOCITY_INIT_MODES:
             raise ValueError(f"SwarmConfig.velocity_init must be one of {VELOCITY_INIT_MODES}, "
                              f"got {self.velocity_init!r}")
+        if self.restart_to not in RESTART_TARGETS:
+            raise ValueError(f"SwarmConfig.restart_to must be one of {RESTART_TARGETS}, got {self.restart_to!r}")
+        if not -1.0 <= self.r_low < 1.0:
+            raise ValueError(f"SwarmConfig.r_low must be in [-1, 1), got {self.r_low}")
         for name in ("drop_iter", "drop_particle"):
             p = getattr(self, name)
             if not 0.0 <= p < 1.0:
@@ -294,8 +314,16 @@ class Best(NamedTuple):
 # ============================================================================================
 
 
-def init_particles(n_experts: int, config: SwarmConfig, rng: np.random.Generator) -> np.ndarray:
+def init_particles(n_experts: int, config: SwarmConfig, rng: np.random.Generator,
+                   space: MixingSpace | None = None) -> np.ndarray:
     """Initial swarm: the N one-hot experts, then crossover children until ``swarm_size``.
+
+    With a bounded ``space`` (what every search uses) children are valid points of it: on the
+    simplex (mode "probs") ``w1 = U(0, 1)``, a convex combination, so a child is a mixture of its
+    parents and never needs clipping (the authors' ``2 U(0, 1)`` would put about half of the
+    children outside, and clipping those collapses many onto one expert); in the box (mode
+    "logits") the authors' ``2 U(0, 1)`` is kept and the child clipped to the box. ``space=None``
+    is the unbounded rule below, kept for the pure-function tests.
 
     Each child is ``w1 * a + (1 - w1) * b`` with ``w1 = 2 * U(0, 1)`` (half interpolation, half
     extrapolation, as in the authors' code) and parents ``a != b`` drawn uniformly from the list
@@ -329,8 +357,10 @@ def init_particles(n_experts: int, config: SwarmConfig, rng: np.random.Generator
         i = int(rng.integers(k))
         j = int(rng.integers(k - 1))
         j += j >= i  # uniform over the k - 1 other parents
-        w1 = 2.0 * float(rng.random())
-        rows.append(w1 * rows[i] + (1.0 - w1) * rows[j])
+        u = float(rng.random())
+        w1 = u if space is not None and space.mode == "probs" else 2.0 * u
+        child = w1 * rows[i] + (1.0 - w1) * rows[j]
+        rows.append(child if space is None else space.weights(child))
     return np.stack(rows)
 
 
@@ -420,7 +450,8 @@ def is_done(state: SwarmState, config: SwarmConfig) -> bool:
 
 
 def init_state(n_experts: int, config: SwarmConfig,
-               rng: int | np.random.Generator | np.random.SeedSequence) -> SwarmState:
+               rng: int | np.random.Generator | np.random.SeedSequence,
+               space: MixingSpace | None = None) -> SwarmState:
     """The state before anything is evaluated: initial swarm and velocities, all pending.
 
     Args:
@@ -428,12 +459,13 @@ def init_state(n_experts: int, config: SwarmConfig,
         config: the search settings.
         rng: a seed or a Generator. A Generator is advanced by the initial draws; afterwards the
             state carries its own snapshot, so later draws do not advance the caller's generator.
+        space: the mixing space positions must stay in (None: unbounded).
 
     Returns:
         A :class:`SwarmState` whose ``pending`` is every particle.
     """
     gen = make_rng(rng)
-    x = init_particles(n_experts, config, gen)
+    x = init_particles(n_experts, config, gen, space)
     # 'best' needs the initial utilities; its velocities are set in observe().
     v = init_velocities(x, "zero" if config.velocity_init == "best" else config.velocity_init, gen)
     p, n = x.shape
@@ -450,7 +482,7 @@ def init_state(n_experts: int, config: SwarmConfig,
     )
 
 
-def update(state: SwarmState, config: SwarmConfig) -> SwarmState:
+def update(state: SwarmState, config: SwarmConfig, space: MixingSpace | None = None) -> SwarmState:
     """Move the swarm one iteration (Algorithm 1, steps 2-4); the moved particles become pending.
 
     1. Restart: a particle whose stagnation count ``pbest_age`` reached
@@ -458,7 +490,11 @@ def update(state: SwarmState, config: SwarmConfig) -> SwarmState:
        with zero velocity, and its cooldown set to ``restart_cooldown``; other cooldowns count down.
        The normal update then proceeds in the same iteration, as in the authors' code.
     2. Velocity: :func:`velocity_update` with fresh r ~ U(0, 1) per particle (or all 1).
-    3. Position: ``x <- x + lambda v`` with the current step length.
+    3. Position: ``x <- x + lambda v`` with the current step length; with a ``space``, x is then
+       mapped into it (Euclidean projection onto the simplex, or clipping to the box) and the
+       velocity set to the move actually made, ``v <- (x_new - x_old) / lambda``, so the inertia
+       of the next step does not keep pushing against the boundary (the velocity clamp of
+       bounded PSO).
     4. Dropout (off by default): with ``drop_iter`` skip the whole evaluation, then each particle
        with ``drop_particle``; skipped particles keep their previous utility in :func:`observe`.
 
@@ -468,6 +504,7 @@ def update(state: SwarmState, config: SwarmConfig) -> SwarmState:
     Args:
         state: an initialised state with nothing pending that is not done.
         config: the search settings the state was made with.
+        space: the mixing space (None: unbounded, the authors' rule).
 
     Returns:
         The new state with ``pending`` = particles to evaluate (possibly empty with dropout).
@@ -488,16 +525,29 @@ def update(state: SwarmState, config: SwarmConfig) -> SwarmState:
         due = state.pbest_age >= config.restart_patience * config.patience
         restart = due & (state.cooldown == 0)
         cooldown = np.where(restart, config.restart_cooldown, np.maximum(state.cooldown - 1, 0))
-        x = np.where(restart[:, None], state.pbest_positions, x)
+        if config.restart_to == "random" and restart.any():
+            # A fresh point of the space (Dirichlet(1) on the simplex): the swarm re-diversifies
+            # instead of piling its stagnant particles onto their personal bests.
+            fresh = (space.sample(rng, p, state.n_experts) if space is not None
+                     else rng.dirichlet(np.ones(state.n_experts), size=p))
+            x = np.where(restart[:, None], fresh, x)
+        else:
+            x = np.where(restart[:, None], state.pbest_positions, x)
         v = np.where(restart[:, None], 0.0, v)
     else:
         restart = np.zeros(p, dtype=bool)
         cooldown = np.array(state.cooldown)
 
     r = rng.random((p, 4)) if config.weight_randomness else np.ones((p, 4))
+    if config.r_low != 0.0:  # the paper's suggested widening of r from U(0, 1) to U(r_low, 1)
+        r = config.r_low + (1.0 - config.r_low) * r
     v = velocity_update(x, v, state.pbest_positions, state.gbest_position, state.gworst_position,
                         config, r)
-    x = x + state.step_length * v
+    moved = x + state.step_length * v
+    if space is not None:
+        moved = space.weights(moved)
+        v = (moved - x) / state.step_length
+    x = moved
 
     evaluate = np.ones(p, dtype=bool)
     if config.drop_iter > 0 and rng.random() < config.drop_iter:
@@ -676,17 +726,19 @@ class PSO:
     VERSION = 1
 
     def __init__(self, n_experts: int, config: SwarmConfig | None = None,
-                 seed: int | np.random.Generator | np.random.SeedSequence = 0) -> None:
+                 seed: int | np.random.Generator | np.random.SeedSequence = 0,
+                 space: MixingSpace | None = None) -> None:
         self._config = config if config is not None else SwarmConfig()
         if not isinstance(self._config, SwarmConfig):
             raise ValueError(f"config must be a SwarmConfig, got {type(self._config).__name__}")
-        self._state = init_state(n_experts, self._config, seed)
+        self._space = space
+        self._state = init_state(n_experts, self._config, seed, space)
 
     @classmethod
-    def from_state(cls, state: SwarmState, config: SwarmConfig) -> PSO:
+    def from_state(cls, state: SwarmState, config: SwarmConfig, space: MixingSpace | None = None) -> PSO:
         """Wrap an existing state (e.g. one built with the pure functions)."""
         obj = cls.__new__(cls)
-        obj._config, obj._state = config, state
+        obj._config, obj._state, obj._space = config, state, space
         return obj
 
     @property
@@ -725,7 +777,7 @@ class PSO:
         if self._state.pending is None:
             if self.done:
                 raise RuntimeError("the search is done; read .best")
-            self._state = update(self._state, self._config)
+            self._state = update(self._state, self._config, self._space)
         return np.array(self._state.positions[list(self._state.pending)], dtype=np.float64)
 
     def tell(self, weights: np.ndarray, utilities: Any) -> None:
@@ -751,7 +803,8 @@ class PSO:
     def state_dict(self) -> dict[str, Any]:
         """A JSON-able checkpoint: format tag, config and state (no pickle)."""
         return {"format": self.FORMAT, "version": self.VERSION,
-                "config": self._config.to_dict(), "state": state_to_dict(self._state)}
+                "config": self._config.to_dict(), "state": state_to_dict(self._state),
+                "space": None if self._space is None else self._space.mode}
 
     @classmethod
     def from_state_dict(cls, d: dict[str, Any]) -> PSO:
@@ -765,4 +818,155 @@ class PSO:
         state = state_from_dict(d["state"])
         if state.swarm_size != config.swarm_size:
             raise ValueError("PSO checkpoint: state swarm size does not match its config")
-        return cls.from_state(state, config)
+        space = d.get("space")
+        return cls.from_state(state, config, None if space is None else space_for_mode(space))
+
+
+# ============================================================================================
+# Grids of settings (the authors' scripts sample one)
+# ============================================================================================
+
+
+def expand_grid(grid: Mapping[str, Any], base: SwarmConfig | None = None) -> list[SwarmConfig]:
+    """All combinations of a grid of settings, as configs (cartesian product, in key order).
+
+    Args:
+        grid: setting name -> list of values (a single non-list value counts as one value).
+        base: settings not in the grid (default: :class:`SwarmConfig` defaults).
+
+    Returns:
+        One :class:`SwarmConfig` per combination.
+    """
+    base = base if base is not None else SwarmConfig()
+    keys = list(grid)
+    values = [v if isinstance(v, (list, tuple)) else [v] for v in grid.values()]
+    for k, v in zip(keys, values):
+        if len(v) == 0:
+            raise ValueError(f"grid entry {k!r} has no values")
+    return [base.replace(**dict(zip(keys, combo))) for combo in itertools.product(*values)]
+
+
+def sample_configs(grid: Mapping[str, Any], n: int, rng: np.random.Generator,
+                   base: SwarmConfig | None = None) -> list[SwarmConfig]:
+    """``n`` distinct configs drawn uniformly from a grid (the authors' scripts sample their grid).
+
+    Args:
+        grid: as for :func:`expand_grid`.
+        n: how many (at most the grid's size).
+        rng: numpy Generator.
+        base: settings not in the grid.
+    """
+    configs = expand_grid(grid, base)
+    if not 1 <= n <= len(configs):
+        raise ValueError(f"n must be between 1 and the grid size {len(configs)}, got {n}")
+    return [configs[i] for i in sorted(rng.choice(len(configs), size=n, replace=False))]
+
+
+# ============================================================================================
+# The swarm as a registered search method (one run, or a grid of runs, through the driver)
+# ============================================================================================
+
+
+class SwarmSearcher:
+    """Model Swarms as a :class:`~logit_swarm.search.methods.base.Searcher`.
+
+    Options (``ctx.options``): ``config`` (a :class:`SwarmConfig` or mapping; default the paper
+    protocol), or ``configs`` (a list, e.g. sampled from the scripts' grid) and ``seeds``: the runs
+    (config x seed) go one after the other through the same driver, so every evaluation of every
+    run is counted and checkpointed, and the best row of all runs -- the best run on dev, as the
+    paper kept it -- is the result. Iterations whose evaluation dropout skipped entirely are told
+    at once (nothing to evaluate), so every ask has rows.
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        opts = dict(ctx.options or {})
+        configs = opts.get("configs") or [opts.get("config") or SwarmConfig()]
+        self._configs = [c if isinstance(c, SwarmConfig) else SwarmConfig.from_dict(dict(c)) for c in configs]
+        seeds = opts.get("seeds") or [ctx.seed]
+        self._runs = [(c, int(s)) for c in self._configs for s in seeds]
+        self._space, self._n = ctx.space, ctx.n_experts
+        self._k = -1
+        self._pso: PSO | None = None
+        self._evaluated: tuple[int, ...] = ()
+        self._next_run()
+
+    def _next_run(self) -> None:
+        self._k += 1
+        config, seed = self._runs[self._k]
+        self._pso = PSO(self._n, config, seed, self._space)
+
+    def _skip_empty(self) -> None:
+        """Tell empty (fully dropped) iterations and move to the next run when one ends."""
+        assert self._pso is not None
+        while True:
+            if self._pso.done:
+                if self._k + 1 >= len(self._runs):
+                    return
+                self._next_run()
+                continue
+            w = self._pso.ask()
+            if len(w):
+                return
+            self._pso.tell(w, np.empty(0))
+
+    @property
+    def done(self) -> bool:
+        """All runs finished."""
+        self._skip_empty()
+        return self._pso.done and self._k + 1 >= len(self._runs)
+
+    def ask(self) -> np.ndarray:
+        """The pending particles of the current run."""
+        self._skip_empty()
+        return self._pso.ask()
+
+    def tell(self, coords: np.ndarray, utilities: np.ndarray) -> None:
+        """Their utilities."""
+        self._evaluated = tuple(self._pso.state.pending or ())
+        self._pso.tell(coords, utilities)
+
+    def info(self) -> dict[str, Any]:
+        """Run index, iteration, step length used, restarts, the run's g and worst."""
+        s = self._pso.state
+        return {"run": self._k, "seed": self._runs[self._k][1], "iteration": s.iteration,
+                "evaluated": list(self._evaluated), "step_length": float_to_json(s.step_length),
+                "restarted": list(s.restarted) if s.iteration > 0 else [],
+                "g": array_to_json(s.gbest_position), "g_utility": float_to_json(s.gbest_utility),
+                "worst_utility": float_to_json(s.gworst_utility)}
+
+    @property
+    def pso(self) -> PSO:
+        """The PSO of the current run."""
+        return self._pso
+
+    @property
+    def configs(self) -> list[SwarmConfig]:
+        """The settings of the runs."""
+        return list(self._configs)
+
+
+def _make_swarm(ctx: Any) -> SwarmSearcher:
+    return SwarmSearcher(ctx)
+
+
+register_method(MethodInfo(
+    name="swarm", label="model swarms (PSO)", family="pso", kind="search", make=_make_swarm,
+    mapping="Model Swarms itself: particles are mixing-weight vectors instead of adapter weights."))
+
+#: The improved swarm of this project (see README "Where the swarm loses"): stagnant particles
+#: restart at a fresh random mixture instead of their personal best, r ~ U(-0.2, 1) (the
+#: paper's own suggested fix for local optima), and no patience stop: it runs to the budget.
+SWARM_RESTARTS = SwarmConfig(restart_to="random", r_low=-0.2, patience=10**6, max_iter=10**6)
+
+
+def _make_swarm_restarts(ctx: Any) -> SwarmSearcher:
+    opts = dict(ctx.options or {})
+    opts.setdefault("config", SWARM_RESTARTS.replace(swarm_size=min(ctx.batch, 20) if ctx.batch >= ctx.n_experts
+                                                     else max(ctx.n_experts, 2)))
+    return SwarmSearcher(dataclasses.replace(ctx, options=opts))
+
+
+register_method(MethodInfo(
+    name="swarm_restarts", label="swarm + random restarts", family="pso", kind="search", budgeted=True,
+    make=_make_swarm_restarts,
+    mapping="This project's variant of Model Swarms: random restarts, r ~ U(-0.2, 1), run to the budget."))
