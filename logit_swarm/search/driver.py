@@ -8,7 +8,8 @@ Files written to ``out_dir`` (all strict JSON, no pickle):
                      best and worst, the step length used for the move, restarts, evaluations so far
                      and cumulative elapsed seconds.
 ``checkpoint.json``  PSO state (RNG included), seed, the byte length of ``history.jsonl`` it
-                     covers and the elapsed time; replaced atomically after every iteration.
+                     covers, the elapsed time and the utility's own state (``utility_state``,
+                     see :class:`StatefulUtility`); replaced atomically after every iteration.
 ``result.json``      :meth:`SearchResult.to_json` when the search ends.
 
 Resume contract: a run killed at any point and restarted with ``resume=True`` (same ``evaluate``,
@@ -26,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -108,6 +109,21 @@ class SearchResult:
         )
 
 
+@runtime_checkable
+class StatefulUtility(Protocol):
+    """A utility whose values depend on state it builds while evaluating (a reward task's
+    normalisation, a judge's remembered replies): the driver stores ``checkpoint_state()`` in
+    every checkpoint and calls ``restore_state`` on resume before the first evaluation."""
+
+    def checkpoint_state(self) -> dict[str, Any]: ...
+
+    def restore_state(self, state: dict[str, Any]) -> None: ...
+
+
+def _utility_state(evaluate: Any) -> dict[str, Any]:
+    return evaluate.checkpoint_state() if isinstance(evaluate, StatefulUtility) else {}
+
+
 # --------------------------------------------------------------------------------------------
 # run_search
 # --------------------------------------------------------------------------------------------
@@ -170,7 +186,9 @@ def run_search(
         ckpt_path = os.path.join(out_dir, CHECKPOINT_FILE)
         hist_path = os.path.join(out_dir, HISTORY_FILE)
         if resume and os.path.exists(ckpt_path):
-            pso, history, elapsed_before = _load_checkpoint(ckpt_path, hist_path, n_experts, config, seed)
+            pso, history, elapsed_before, state = _load_checkpoint(ckpt_path, hist_path, n_experts, config, seed)
+            if isinstance(evaluate, StatefulUtility):
+                evaluate.restore_state(state)
         elif any(os.path.exists(os.path.join(out_dir, name))
                  for name in (CHECKPOINT_FILE, HISTORY_FILE, RESULT_FILE)):
             raise ValueError(f"{out_dir} already holds a search; pass resume=True to continue it, "
@@ -200,7 +218,7 @@ def run_search(
             history.append(record)
             if ckpt_path is not None:
                 _append_line(hist_path, dumps(record))
-                _save_checkpoint(ckpt_path, hist_path, pso, seed, elapsed)
+                _save_checkpoint(ckpt_path, hist_path, pso, seed, elapsed, _utility_state(evaluate))
             bar.update(1)
             rate = session_evals / max(time.perf_counter() - session_start, 1e-9)
             bar.set_postfix(best=f"{pso.best.utility:.4g}", mean=_fmt(record["mean_utility"]),
@@ -254,7 +272,8 @@ def _append_line(path: str, line: str) -> None:
         os.fsync(f.fileno())
 
 
-def _save_checkpoint(ckpt_path: str, hist_path: str, pso: PSO, seed: int, elapsed: float) -> None:
+def _save_checkpoint(ckpt_path: str, hist_path: str, pso: PSO, seed: int, elapsed: float,
+                     utility_state: dict[str, Any] | None = None) -> None:
     payload = {
         "format": _CHECKPOINT_FORMAT,
         "version": _CHECKPOINT_VERSION,
@@ -263,13 +282,15 @@ def _save_checkpoint(ckpt_path: str, hist_path: str, pso: PSO, seed: int, elapse
         "history_bytes": os.path.getsize(hist_path),
         "elapsed": elapsed,
         "pso": pso.state_dict(),
+        "utility_state": utility_state or {},
     }
     atomic_write_text(ckpt_path, dumps(payload))
 
 
 def _load_checkpoint(ckpt_path: str, hist_path: str, n_experts: int, config: SwarmConfig | None,
-                     seed: int) -> tuple[PSO, list[dict[str, Any]], float]:
-    """Read a checkpoint, check it matches the call, and cut history.jsonl back to what it covers."""
+                     seed: int) -> tuple[PSO, list[dict[str, Any]], float, dict[str, Any]]:
+    """Read a checkpoint, check it matches the call, and cut history.jsonl back to what it covers.
+    Returns the swarm, the history, the elapsed seconds and the utility's saved state."""
     with open(ckpt_path, encoding="utf-8") as f:
         try:
             d = json.load(f)
@@ -306,7 +327,7 @@ def _load_checkpoint(ckpt_path: str, hist_path: str, n_experts: int, config: Swa
     if len(history) != pso.state.iteration + 1:
         raise ValueError(f"{hist_path} has {len(history)} records but the checkpoint is at "
                          f"iteration {pso.state.iteration}; the run directory was modified")
-    return pso, history, float(d["elapsed"])
+    return pso, history, float(d["elapsed"]), dict(d.get("utility_state") or {})
 
 
 # --------------------------------------------------------------------------------------------

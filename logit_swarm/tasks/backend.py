@@ -35,6 +35,23 @@ def ensemble_class() -> Any:
     return Ensemble
 
 
+def is_url(ref: str) -> bool:
+    """Whether ``ref`` names an endpoint rather than a directory (the engine's own rule)."""
+    from logit_swarm.experts.remote import is_url as engine_is_url
+
+    return engine_is_url(str(ref))
+
+
+def load_expert(path_or_url: str, model: str | None = None) -> Any:
+    """An expert loaded by the engine's ``load_expert`` from a local model directory, or from an
+    OpenAI-compatible endpoint URL (``model`` picks the served model)."""
+    from logit_swarm.ensemble import load_expert as engine_load_expert
+
+    if model is not None:
+        return engine_load_expert(path_or_url, model=model)
+    return engine_load_expert(path_or_url)
+
+
 # --------------------------------------------------------------------------------------------
 # Pools and weight matrices
 

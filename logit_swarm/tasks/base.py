@@ -73,6 +73,42 @@ class EvalResult:
         return out
 
 
+@dataclass
+class QuestionResults:
+    """Per-question results of P weight rows on one split.
+
+    ``ids``: [n] question ids (the record's ``id`` field, else ``"<split>-<index>"``);
+    ``scores``: [P, n] per-question scores (the utility is their mean for most kinds);
+    ``solved``: [P, n] booleans, or ``None`` when the kind has no notion of solving a question.
+    """
+
+    ids: list[str]
+    scores: np.ndarray
+    solved: np.ndarray | None = None
+
+    def records(self, p: int = 0) -> list[dict[str, Any]]:
+        """Row ``p`` as one JSON-able dict per question: ``id``, ``score`` and ``correct``
+        (``None`` when the kind does not define it)."""
+        out = []
+        for i, qid in enumerate(self.ids):
+            ok = None if self.solved is None else bool(self.solved[p, i])
+            out.append({"id": qid, "score": float(self.scores[p, i]), "correct": ok})
+        return out
+
+
+def question_ids(examples: Sequence[Record], split: str) -> list[str]:
+    """Stable ids of a split's examples: the raw record's ``id`` where it has one (made unique),
+    else ``"<split>-<index>"``."""
+    ids, seen = [], set()
+    for i, ex in enumerate(examples):
+        raw = ex.get("raw") if isinstance(ex, Mapping) else None
+        qid = raw.get("id") if isinstance(raw, Mapping) else None
+        qid = f"{split}-{i}" if qid is None or str(qid) in seen else str(qid)
+        seen.add(qid)
+        ids.append(qid)
+    return ids
+
+
 class Task:
     """Base class of all task kinds. Build one with :func:`logit_swarm.tasks.load_task`.
 
@@ -171,6 +207,40 @@ class Task:
     def _evaluate(self, pool: backend.Pool, split: str, allow_test: bool) -> EvalResult:
         """Evaluate every particle of ``pool`` on ``split`` (the guard has already run)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _evaluate")
+
+    def question_results(self, experts: Any, W: Any = None, split: str = "dev", mode: str | None = None,
+                         allow_test: bool = False) -> QuestionResults:
+        """Per-question results of every row of ``W`` on ``split``: ids, scores and (where the
+        kind defines it) whether each question was solved. Same arguments as :meth:`evaluate`.
+
+        This is what ``compare`` writes to ``per_question.jsonl`` and what the C-emerge analysis
+        reads. Kinds without per-question scores (a likelihood task scores documents, which are
+        its "questions") still return one score per example.
+        """
+        r = self.evaluate_detailed(experts, W, split=split, mode=mode, allow_test=allow_test)
+        return self._question_results(r, split)
+
+    def _question_results(self, result: EvalResult, split: str) -> QuestionResults:
+        if result.per_example is None:
+            raise ValueError(f"task {self.name!r} ({self.kind}) has no per-question results")
+        scores = np.asarray(result.per_example, dtype=np.float64)
+        return QuestionResults(question_ids(self.examples(split), split), scores, self.solved(scores))
+
+    def solved(self, scores: np.ndarray) -> np.ndarray | None:
+        """Whether each per-question score counts as solved; ``None`` where the kind has no such
+        notion (rewards, ratings, likelihoods). Accuracy kinds: full credit (a tie between the
+        best options splits the credit and is not solved)."""
+        return None
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything this task's utility depends on beyond its spec and data, as JSON-able data
+        (reward normalisation, the judge's call cache, ...). A search stores it in every
+        checkpoint and hands it to :meth:`restore_state` on resume before the first evaluation,
+        so a resumed search evaluates exactly as an uninterrupted one. Stateless kinds: ``{}``."""
+        return {}
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        """Take back what :meth:`checkpoint_state` returned (stateless kinds: nothing to do)."""
 
     def clear_cache(self) -> None:
         """Drop cached likelihood tables and ensembles (e.g. to free memory)."""

@@ -77,6 +77,10 @@ class MultipleChoiceTask(Task):
         exs = self.examples(split)
         return self.scoring(self, pool, split, exs)
 
+    def solved(self, scores):
+        """A question is solved with full credit (a tie between best options is not)."""
+        return np.asarray(scores) >= 1.0 - 1e-9
+
 
 def parse_and_grade(exs: list[Record], outputs: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
     """Parse every output with the paper's rule: (correct [P, n], unparsed [P, n]) as floats."""
