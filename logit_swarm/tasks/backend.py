@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from logit_swarm.budget import check_budget_unit
+
 MODES = ("probs", "logits")
 #: How many numbers a likelihood mixture may hold at once (see ``pair_logprobs``).
 MIX_ELEMENTS = 1 << 24
@@ -191,6 +193,8 @@ class EngineCache:
 class GenerationSettings:
     """Decoding settings of a task.
 
+    ``max_new_tokens`` counts ``budget_unit`` (:mod:`logit_swarm.budget`): by default tokens of
+    the reference tokenizer ``budget_tokenizer`` (expert index or name, default 0, the first).
     ``strip`` trims outputs as the paper does after decoding; ``chat`` sends each prompt as one
     user message (the engine applies each expert's chat template), as the paper does for the
     reward-model and human-interest objectives.
@@ -205,6 +209,9 @@ class GenerationSettings:
     chat: bool = False
     # None: a prompt longer than an expert's context window is an error; "left" keeps its end.
     truncation: str | None = None
+    # What max_new_tokens counts (logit_swarm.budget): reference-tokenizer tokens, bytes or units.
+    budget_unit: str = "tokens"
+    budget_tokenizer: int | str = 0
 
     @classmethod
     def from_spec(cls, spec: dict, **defaults: Any) -> GenerationSettings:
@@ -212,7 +219,7 @@ class GenerationSettings:
         ``chat``, ``truncation`` from a spec; ``defaults`` fill what the spec leaves out."""
         vals = {**defaults}
         for key in ("max_new_tokens", "temperature", "seed", "stop", "strip", "max_rows", "chat",
-                    "truncation"):
+                    "truncation", "budget_unit", "budget_tokenizer"):
             if key in spec:
                 vals[key] = spec[key]
         if isinstance(vals.get("stop"), str):
@@ -222,6 +229,7 @@ class GenerationSettings:
         out = cls(**vals)
         if int(out.max_new_tokens) < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {out.max_new_tokens}")
+        check_budget_unit(out.budget_unit)
         if out.truncation not in (None, "left"):
             raise ValueError(f"truncation must be null or 'left', got {out.truncation!r}")
         if float(out.temperature) < 0:
@@ -270,6 +278,8 @@ def generate_flat(cache: EngineCache, pool: Pool, prompts: Sequence[Any], row_we
             stop=list(gen.stop) if gen.stop else None,
             weights=row_w[start:start + step],
             truncation=gen.truncation,
+            budget_unit=gen.budget_unit,
+            budget_tokenizer=gen.budget_tokenizer,
         ))
     if len(texts) != len(rows):
         raise RuntimeError(f"engine returned {len(texts)} outputs for {len(rows)} rows")

@@ -27,7 +27,7 @@ COMMON_OPTIONS = frozenset({"name", "kind", "description", "data", "fields", "li
                             "data_dir"})
 #: Decoding options of generation-based kinds.
 GENERATION_OPTIONS = frozenset({"max_new_tokens", "temperature", "seed", "stop", "strip",
-                                "max_rows", "chat", "truncation"})
+                                "max_rows", "chat", "truncation", "budget_unit", "budget_tokenizer"})
 
 
 class TestSplitError(ValueError):
