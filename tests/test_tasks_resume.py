@@ -146,7 +146,7 @@ def test_reward_normalisation_is_in_the_checkpoint(pair, tmp_path, monkeypatch):
     spec = SCRIPTED_SPECS["reward"]
     with pytest.raises(Killed):
         run(pair, spec, tmp_path, task=killing(load_task(spec), 1))
-    state = json.loads((tmp_path / "checkpoint.json").read_text())["utility_state"]
+    state = json.loads((tmp_path / "checkpoint.json").read_text())["task_state"]
     # The initial swarm holds both experts one-hot: responses "0" and "9xxxxxxxxx" (1 and 10 long).
     assert state == {"norm": [1.0, 10.0]}
     fresh = load_task(spec)
@@ -167,7 +167,7 @@ def test_judge_replies_are_restored_not_asked_again(pair, tmp_path, monkeypatch)
     # Every judge prompt is asked once over both sessions, as in the uninterrupted run.
     assert first.judge_calls + second.judge_calls == whole_task.judge_calls
     assert second.replies == whole_task.replies
-    saved = json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["utility_state"]
+    saved = json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["task_state"]
     assert [k for k, _ in saved["replies"]] == list(whole_task.replies)
 
 

@@ -8,7 +8,7 @@ Files written to ``out_dir`` (all strict JSON, no pickle):
                      best and worst, the step length used for the move, restarts, evaluations so far
                      and cumulative elapsed seconds.
 ``checkpoint.json``  PSO state (RNG included), seed, the byte length of ``history.jsonl`` it
-                     covers, the elapsed time and the utility's own state (``utility_state``,
+                     covers, the elapsed time and the utility's own state (``task_state``,
                      see :class:`StatefulUtility`); replaced atomically after every iteration.
 ``result.json``      :meth:`SearchResult.to_json` when the search ends.
 
@@ -282,7 +282,7 @@ def _save_checkpoint(ckpt_path: str, hist_path: str, pso: PSO, seed: int, elapse
         "history_bytes": os.path.getsize(hist_path),
         "elapsed": elapsed,
         "pso": pso.state_dict(),
-        "utility_state": utility_state or {},
+        "task_state": utility_state or {},
     }
     atomic_write_text(ckpt_path, dumps(payload))
 
@@ -327,7 +327,7 @@ def _load_checkpoint(ckpt_path: str, hist_path: str, n_experts: int, config: Swa
     if len(history) != pso.state.iteration + 1:
         raise ValueError(f"{hist_path} has {len(history)} records but the checkpoint is at "
                          f"iteration {pso.state.iteration}; the run directory was modified")
-    return pso, history, float(d["elapsed"]), dict(d.get("utility_state") or {})
+    return pso, history, float(d["elapsed"]), dict(d.get("task_state") or {})
 
 
 # --------------------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ class QuestionResults:
         return out
 
 
-def question_ids(examples: Sequence[Record], split: str) -> list[str]:
+def example_ids(examples: Sequence[Record], split: str) -> list[str]:
     """Stable ids of a split's examples: the raw record's ``id`` where it has one (made unique),
     else ``"<split>-<index>"``."""
     ids, seen = [], set()
@@ -224,7 +224,12 @@ class Task:
         if result.per_example is None:
             raise ValueError(f"task {self.name!r} ({self.kind}) has no per-question results")
         scores = np.asarray(result.per_example, dtype=np.float64)
-        return QuestionResults(question_ids(self.examples(split), split), scores, self.solved(scores))
+        return QuestionResults(self.question_ids(split), scores, self.solved(scores))
+
+    def question_ids(self, split: str = "dev") -> list[str]:
+        """A stable id per example of ``split``: the record's ``id`` where it has one (made
+        unique), else ``"<split>-<index>"`` (for per-question result files)."""
+        return example_ids(self.examples(split), split)
 
     def solved(self, scores: np.ndarray) -> np.ndarray | None:
         """Whether each per-question score counts as solved; ``None`` where the kind has no such

@@ -96,6 +96,10 @@ class MultiTask(Task):
             if t.name in saved:
                 t.restore_state(saved[t.name])
 
+    def question_ids(self, split="dev"):
+        """Every part's question ids, one part after the other, as ``"<part>/<id>"``."""
+        return [f"{t.name}/{q}" for t in self.parts for q in t.question_ids(split)]
+
     def question_results(self, experts, W=None, split="dev", mode=None, allow_test=False):
         """Every part's questions, one after the other, with ids ``"<part>/<id>"``; ``solved`` only
         when every part defines it."""
