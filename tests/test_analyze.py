@@ -53,6 +53,11 @@ def test_weak_to_strong_on_the_zoo(pool, task, tmp_path):
     assert d["beats_best_start"] == (d["margin_best_start"] > 0)
     assert len(d["result"]["weights"]) == 3  # the result mixes the weak experts only
     assert "swarm from the weak half" in a.table and (tmp_path / "search" / "recipe.json").is_file()
+    # Rerunning into the same directory reuses the finished search with --resume, refuses without.
+    again = weak_to_strong(pool, task, config=CONFIG, out_dir=tmp_path, resume=True)
+    assert again.data == a.data
+    with pytest.raises(ValueError, match="already holds a search"):
+        weak_to_strong(pool, task, config=CONFIG, out_dir=tmp_path)
 
 
 def test_c_emerge_on_the_zoo(pool, task, tmp_path):

@@ -39,6 +39,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         q.add_argument("--out-dir", required=True, metavar="DIR", help="where the table, JSON, PNG and "
                        "search runs go")
         q.add_argument("--quiet", action="store_true", help="no progress output")
+        q.add_argument("--resume", action="store_true", help="continue (or reuse, when finished) the "
+                       "searches an interrupted run left in --out-dir")
         q.set_defaults(func=run)
     # With --per-question the pool is not needed: the flags come from a compare run's file.
     for action in c._actions:
@@ -66,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.experts or not args.task:
             raise ValueError(f"analyze {args.analysis} needs --experts and --task"
                              + (" (or --per-question FILE)" if args.analysis == "c-emerge" else ""))
-        kwargs.update(experts=expert_dirs(args.experts), task=args.task, config=plan_from_args(args))
+        kwargs.update(experts=expert_dirs(args.experts), task=args.task, config=plan_from_args(args),
+                      resume=args.resume)
         if args.analysis == "n-experts":
             kwargs["order"] = args.order
     result = ANALYSES.get(args.analysis)(**kwargs)

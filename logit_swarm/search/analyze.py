@@ -10,7 +10,8 @@
   k = 1 … N (k = 1 is the expert alone), beside the best single expert among those k.
 
 Everything that chooses (searches, which experts are "weak", which starting expert is "best")
-sees only dev; test is evaluated once per result for the report. Each function returns an
+sees only dev; test is evaluated once per result for the report. ``resume=True`` continues (or
+reuses, when finished) the searches an earlier run left in ``out_dir``. Each function returns an
 :class:`Analysis` and, with ``out_dir``, writes ``<name>.txt``, ``<name>.json`` and
 ``<name>.png`` there (the PNG needs matplotlib, the ``plots`` extra; without it the table is
 still written and ``png`` is None). The command line is ``logit-swarm analyze``.
@@ -98,15 +99,17 @@ class _Setup:
     test_split: str | None
     mode: str
     names: list[str]
+    resume: bool = False
 
 
-def _setup(experts: Any, task: Any, data_dir: Any, device: str, test_split: str | None, mode: str) -> _Setup:
+def _setup(experts: Any, task: Any, data_dir: Any, device: str, test_split: str | None, mode: str,
+           resume: bool = False) -> _Setup:
     task_obj, _ = resolve_task(task, data_dir)
     pool = resolve_experts(experts, device=device)
     if test_split is not None and test_split not in task_obj.splits:
         print(f"analyze: task {task_obj.name!r} has no {test_split!r} split; reporting dev only", file=sys.stderr)
         test_split = None
-    return _Setup(pool, task_obj, test_split, mode, [e.name for e in pool])
+    return _Setup(pool, task_obj, test_split, mode, [e.name for e in pool], resume)
 
 
 def _utilities(s: _Setup, experts: list, W: np.ndarray, split: str | None) -> np.ndarray | None:
@@ -117,10 +120,13 @@ def _utilities(s: _Setup, experts: list, W: np.ndarray, split: str | None) -> np
 
 
 def _search(s: _Setup, experts: list, seed: int, config: Any, out_dir: Path | None, tag: str, progress: bool):
-    """A swarm search on dev over ``experts`` (its run directory under ``out_dir/tag``)."""
+    """A swarm search on dev over ``experts`` (its run directory under ``out_dir/tag``). With
+    ``resume`` a search already in that directory is continued, or returned as is when finished,
+    so an interrupted analysis rerun with ``resume=True`` loses nothing."""
     run_dir = None if out_dir is None else out_dir / tag
-    return swarm_search(experts, s.task, seed=seed, config=config, mode=s.mode, out_dir=run_dir,
-                        progress=progress)
+    resume = s.resume and run_dir is not None and (run_dir / "checkpoint.json").exists()
+    return swarm_search(experts, s.task, seed=seed, config=config, mode=s.mode,
+                        out_dir=run_dir, progress=progress, resume=resume)
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,14 +135,14 @@ def _search(s: _Setup, experts: list, seed: int, config: Any, out_dir: Path | No
 
 def weak_to_strong(experts: Any, task: Any, *, seed: int = 0, config: Any = None, mode: str = "probs",
                    out_dir: str | os.PathLike | None = None, progress: bool = False, data_dir: Any = None,
-                   device: str = "cpu", test_split: str | None = "test") -> Analysis:
+                   device: str = "cpu", test_split: str | None = "test", resume: bool = False) -> Analysis:
     """Search from the weakest half of the experts (by their dev utility; at least 2).
 
     The verdict compares the result on test with the starting expert that is best on dev (the
     one a user would have picked), and also reports the best of all experts (strong half
     included) for reference. Needs at least 3 experts (a weak half of 2 and a strong rest).
     """
-    s = _setup(experts, task, data_dir, device, test_split, mode)
+    s = _setup(experts, task, data_dir, device, test_split, mode, resume)
     n = len(s.experts)
     if n < 3:
         raise ValueError(f"weak-to-strong needs at least 3 experts (a weak half to start from), got {n}")
@@ -152,13 +158,15 @@ def weak_to_strong(experts: Any, task: Any, *, seed: int = 0, config: Any = None
     res_ref = res_test if res_test is not None else float(sw.utility)
     best_start = max(weak, key=lambda i: (dev[i], -i))
     best_all = max(range(n), key=lambda i: (dev[i], -i))
+    top_start = max(weak, key=lambda i: (ref[i], -i))  # best starting expert on the report split
     data = {"analysis": "weak-to-strong", "task": s.task.name, "mode": mode, "seed": seed, "experts": s.names,
             "order": [s.names[i] for i in order], "weak": [s.names[i] for i in weak],
             "expert_dev": [_j(x) for x in dev], "expert_test": None if test is None else [_j(x) for x in test],
             "result": {"weights": [_j(w) for w in sw.weights], "dev": _j(sw.utility), "test": _j(res_test),
                        "n_evaluations": int(sw.n_evaluations)},
             "best_start": s.names[best_start], "beats_best_start": bool(res_ref > ref[best_start]),
-            "margin_best_start": _j(res_ref - ref[best_start]), "best_overall": s.names[best_all],
+            "margin_best_start": _j(res_ref - ref[best_start]), "top_start": s.names[top_start],
+            "margin_top_start": _j(res_ref - ref[top_start]), "best_overall": s.names[best_all],
             "margin_best_overall": _j(res_ref - ref[best_all]), "split": s.test_split or "dev"}
     a = Analysis("weak-to-strong", _weak_to_strong_table(data), data)
     if out is not None:
@@ -181,6 +189,9 @@ def _weak_to_strong_table(d: Mapping[str, Any]) -> str:
     start, best = names.index(d["best_start"]), names.index(d["best_overall"])
     notes = [f"best starting expert (on dev): {d['best_start']} {_u(ref[start])} on {sp}; the result "
              f"{'beats' if d['beats_best_start'] else 'does not beat'} it ({d['margin_best_start']:+.3f})",
+             f"best starting expert on {sp} itself: {d['top_start']} {_u(ref[names.index(d['top_start'])])}; "
+             f"the result {'beats' if d['margin_top_start'] > 0 else 'does not beat'} it "
+             f"({d['margin_top_start']:+.3f})",
              f"best expert overall (on dev): {d['best_overall']} {_u(ref[best])} on {sp}; the result is "
              f"{'at least as good' if d['margin_best_overall'] >= 0 else 'worse'} ({d['margin_best_overall']:+.3f})"]
     header = (f"weak-to-strong: task {d['task']}, {len(names)} experts, search from the weakest {len(d['weak'])} "
@@ -259,7 +270,7 @@ def read_per_question(path: str | os.PathLike, method: str = "swarm",
 def c_emerge(experts: Any = None, task: Any = None, *, per_question: str | os.PathLike | None = None,
              method: str = "swarm", seed: int = 0, config: Any = None, mode: str = "probs",
              out_dir: str | os.PathLike | None = None, progress: bool = False, data_dir: Any = None,
-             device: str = "cpu", test_split: str = "test") -> Analysis:
+             device: str = "cpu", test_split: str = "test", resume: bool = False) -> Analysis:
     """The share of ``test_split`` questions solved by the result and by no starting expert.
 
     With ``per_question`` (a ``per_question.jsonl`` or the ``compare`` directory holding it) the
@@ -273,7 +284,8 @@ def c_emerge(experts: Any = None, task: Any = None, *, per_question: str | os.Pa
     else:
         if experts is None or task is None:
             raise ValueError("c-emerge needs experts and a task, or per_question (a compare run's per_question.jsonl)")
-        ids, res, names, flags, info = _computed_flags(_setup(experts, task, data_dir, device, test_split, mode),
+        ids, res, names, flags, info = _computed_flags(_setup(experts, task, data_dir, device, test_split, mode,
+                                                              resume),
                                                        seed, config, out, progress, test_split)
         method = "swarm"
     counts = emergence(res, flags)
@@ -344,10 +356,11 @@ def expert_order(dev: np.ndarray, order: str) -> list[int]:
 
 def n_experts(experts: Any, task: Any, *, order: str = "given", seed: int = 0, config: Any = None,
               mode: str = "probs", out_dir: str | os.PathLike | None = None, progress: bool = False,
-              data_dir: Any = None, device: str = "cpu", test_split: str | None = "test") -> Analysis:
+              data_dir: Any = None, device: str = "cpu", test_split: str | None = "test",
+              resume: bool = False) -> Analysis:
     """Utility as experts are added: for k = 1 … N a search over the first k (k = 1: the expert
     alone), beside the best single expert among those k (chosen on dev)."""
-    s = _setup(experts, task, data_dir, device, test_split, mode)
+    s = _setup(experts, task, data_dir, device, test_split, mode, resume)
     n = len(s.experts)
     dev1 = _utilities(s, s.experts, np.eye(n), "dev")
     test1 = _utilities(s, s.experts, np.eye(n), s.test_split)
