@@ -135,7 +135,9 @@ def bench_byte_vs_token(pool, rows, steps, device):
     byte_ens = ls.Ensemble(pool, unit="byte")
     t_tok, out_tok = timed(lambda: tok_ens.generate(prompts, max_new_tokens=steps), device)
     b_tok = sum(len(o.encode()) for o in out_tok)
-    t_byte, out_byte = timed(lambda: byte_ens.generate(prompts, max_new_tokens=max(1, b_tok // rows)), device)
+    # budget_unit="units": a budget in bytes, the unit this benchmark compares per.
+    t_byte, out_byte = timed(lambda: byte_ens.generate(prompts, max_new_tokens=max(1, b_tok // rows),
+                                                       budget_unit="units"), device)
     b_byte = sum(len(o.encode()) for o in out_byte)
     r = {"rows": rows, "token_s": t_tok, "token_bytes": b_tok, "byte_s": t_byte, "byte_bytes": b_byte,
          "token_bytes_per_s": b_tok / t_tok, "byte_bytes_per_s": b_byte / t_byte,
@@ -194,7 +196,8 @@ def main(argv=None):
     bvt = bench_byte_vs_token(shared[:2], 16, steps, args.device)
     print("byte-level decode, heterogeneous pool (rows 16):", flush=True)
     hetero_prompts = prompts_for(16)
-    t_h, out_h = timed(lambda: ls.Ensemble(hetero).generate(hetero_prompts, max_new_tokens=4 * steps), args.device)
+    t_h, out_h = timed(lambda: ls.Ensemble(hetero).generate(hetero_prompts, max_new_tokens=4 * steps, budget_unit="units"),
+                       args.device)
     het = {"pool": [e.name for e in hetero], "rows": 16, "s": t_h,
            "bytes_per_s": sum(len(o.encode()) for o in out_h) / t_h}
     print(f"  {het['bytes_per_s']:.1f} B/s", flush=True)

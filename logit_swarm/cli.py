@@ -20,6 +20,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("score", "logit_swarm.commands.score"),
     ("search", "logit_swarm.search.cli"),
     ("compare", "logit_swarm.search.cli_compare"),
+    ("analyze", "logit_swarm.commands.analyze"),
     ("eval", "logit_swarm.tasks.cli"),
     ("serve", "logit_swarm.serve"),
     ("bench", "logit_swarm.commands.bench"),

@@ -213,6 +213,7 @@ def generate_rows(
     byte_prune: float = 1e-4,
     progress=None,
     on_step=None,
+    budget=None,
 ) -> list[Generation]:
     """Decode every row; see the module docstring. ``weights`` is ``[len(prompts), N]``.
 
@@ -227,6 +228,9 @@ def generate_rows(
             end, keeping room for the new units), "error", or None (the enclosing run's); see
             logit_swarm/windows.py.
         on_step: called with a :class:`Step` after the units of each step are picked.
+        budget: None, or a :class:`logit_swarm.budget.BudgetRule` asked before a row emits a
+            unit; a row whose budget (in another unit than the ensemble's) would be exceeded
+            finishes without that unit (reason "length"; it is still listed in the Step).
     """
     n_rows = len(prompts)
     max_new = [int(m) for m in _per_row(max_new_tokens, n_rows, "max_new_tokens")]
@@ -325,6 +329,10 @@ def generate_rows(
             child_of: dict[tuple[int, int], int] = {}
             still, finished = [], []
             for r, u, lp_u in zip(active, picks, chosen_lp):
+                if budget is not None and u not in stop_units and budget.over(r, buf[r], u):
+                    outs[r].text = _render(unit, dec, buf[r])
+                    finished.append(r)
+                    continue
                 outs[r].units.append(u)
                 outs[r].logprobs.append(float(lp_u))
                 if u in stop_units:

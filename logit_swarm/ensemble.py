@@ -13,6 +13,7 @@ import numpy as np
 
 from . import recipe as recipe_io
 from .align.vocab import choose_unit
+from .budget import plan as budget_plan
 from .decode import Generation, generate_rows
 from .mixing import as_weight_matrix, check_mode
 from .score import build_table
@@ -144,15 +145,20 @@ class Ensemble:
 
     def generate(self, prompts, max_new_tokens: int = 32, temperature: float = 0.0, seed: int | None = None,
                  stop=None, weights=None, top_p: float = 1.0, truncation: str | None = None,
-                 return_details: bool = False, progress=None):
+                 return_details: bool = False, progress=None, budget_unit: str = "tokens",
+                 budget_tokenizer: int | str = 0):
         """Generate a continuation for each prompt.
 
         Args:
             prompts: list of strings, or of chat-message lists (each expert renders them with
                 its own chat template; the continuation is one shared text), or (token units
                 only) of token-id lists.
-            max_new_tokens: the most units to generate per row (tokens at token level, bytes at
-                byte level).
+            max_new_tokens: the budget per row, in ``budget_unit`` (see :mod:`logit_swarm.budget`).
+            budget_unit: "tokens" (default: tokens of the reference tokenizer, which at token
+                level are the ensemble's units), "bytes" (UTF-8 bytes of the text) or "units"
+                (the ensemble's own units: bytes at byte level).
+            budget_tokenizer: the expert whose tokenizer counts a token budget (index or
+                name; default 0, the first expert).
             temperature: 0 = greedy; otherwise sampling at this temperature.
             seed: seed of the per-row random streams (row r uses stream (seed, r)).
             stop: a string or list of strings; generation stops before the first occurrence.
@@ -175,9 +181,12 @@ class Ensemble:
         if isinstance(stop, str):
             stop = [stop]
         W = self._row_weights(weights, len(prompts))
+        steps, rule = budget_plan(self.experts, self.unit, max_new_tokens, len(prompts), budget_unit,
+                                  budget_tokenizer)
         outs: list[Generation] = generate_rows(
-            self.experts, self.unit, prompts, W, self.mode, max_new_tokens, temperature, top_p,
-            seed, stop, check_policy(truncation) or self.truncation, self.byte_beam, self.byte_prune, progress,
+            self.experts, self.unit, prompts, W, self.mode, steps, temperature, top_p,
+            seed, stop, check_policy(truncation) or self.truncation, self.byte_beam, self.byte_prune,
+            progress, budget=rule,
         )
         return outs if return_details else [o.text for o in outs]
 

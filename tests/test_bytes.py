@@ -157,7 +157,7 @@ def test_byte_one_hot_greedy_close_to_token_greedy(experts):
     agree with the expert's own greedy token when that token dominates."""
     e = experts["gpt2_a"]
     byte_ens = ls.Ensemble([e, experts["llama_sp"]], weights=[1.0, 0.0])
-    out = byte_ens.generate(["Hello world"], max_new_tokens=8, return_details=True)[0]
+    out = byte_ens.generate(["Hello world"], max_new_tokens=8, budget_unit="units", return_details=True)[0]
     assert len(out.units) <= 8 and all(0 <= u <= 256 for u in out.units)
 
 

@@ -314,7 +314,7 @@ def test_byte_units(byte, ref_byte):
     st, body = post(byte, "/completions", {"prompt": "Hello", "max_tokens": 6, "temperature": 0, "logprobs": 2,
                                            "return_tokens_as_token_ids": True})
     assert st == 200, body
-    want = ref_byte.generate(["Hello"], max_new_tokens=6, return_details=True)[0]
+    want = ref_byte.generate(["Hello"], max_new_tokens=6, budget_unit="units", return_details=True)[0]
     ch = body["choices"][0]
     assert ch["text"] == want.text
     assert ch["logprobs"]["tokens"] == [f"token_id:{u}" for u in want.units]
@@ -325,7 +325,7 @@ def test_byte_units(byte, ref_byte):
     st, body = post(byte, "/chat/completions", {"messages": msgs, "max_tokens": 4, "temperature": 0,
                                                 "logprobs": True, "top_logprobs": 1})
     assert st == 200, body
-    want = ref_byte.generate([msgs], max_new_tokens=4, return_details=True)[0]
+    want = ref_byte.generate([msgs], max_new_tokens=4, budget_unit="units", return_details=True)[0]
     assert body["choices"][0]["message"]["content"] == want.text
     for c, u in zip(body["choices"][0]["logprobs"]["content"], want.units):
         assert c["bytes"] == ([u] if u < 256 else None)

@@ -9,6 +9,7 @@ import pytest
 
 import logit_swarm as ls
 from logit_swarm.tasks import TestSplitError, load_task
+from logit_swarm.tasks.judge import SelfPreferenceWarning
 
 MC_RECORDS = [
     {"prompt": "The quick brown fox jumps over the lazy", "choices": ["dog.", "cat.", "river"], "answer": 0},
@@ -248,7 +249,8 @@ def test_judge_uses_pool_expert_and_parses_failures_as_one(pair):
     task = load_task({"kind": "judge", "data": {"dev": [{"prompt": "Say hi."}, {"prompt": "Count."}]},
                       "judge": {"expert": 1}, "max_new_tokens": 3, "chat": False,
                       "judge_max_new_tokens": 4})
-    r = task.evaluate_detailed(pair, W3())
+    with pytest.warns(SelfPreferenceWarning, match="self-preference"):
+        r = task.evaluate_detailed(pair, W3())
     assert r.utility.shape == (3,)
     assert np.all((1 <= r.utility) & (r.utility <= 10))
     # A random tiny model does not write "Rating: N/10": every failure scores 1.

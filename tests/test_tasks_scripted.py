@@ -12,6 +12,7 @@ import pytest
 
 from logit_swarm.tasks import backend, load_task
 from logit_swarm.tasks.abstain import self_check_prompt
+from logit_swarm.tasks.judge import SelfPreferenceWarning
 
 EXPERTS = ["e0", "e1"]  # tasks only count experts; the scripted engine does the rest
 P0, P1 = [1.0, 0.0], [0.0, 1.0]
@@ -103,8 +104,10 @@ def test_judge_ratings_and_one_judgement_per_distinct_response(script):
         return "a good reply" if w == tuple(P0) else "meh"
 
     ens = script(answer)
-    task = load_task({"kind": "judge", "data": {"dev": [{"prompt": "x"}, {"prompt": "y"}]}, "chat": False})
-    r = task.evaluate_detailed(EXPERTS, [P0, P1, P0])
+    task = load_task({"kind": "judge", "data": {"dev": [{"prompt": "x"}, {"prompt": "y"}]}, "chat": False,
+                      "judge": {"expert": 0}})
+    with pytest.warns(SelfPreferenceWarning):
+        r = task.evaluate_detailed(EXPERTS, [P0, P1, P0])
     assert r.utility.tolist() == [8.0, 1.0, 8.0]
     assert r.parts["unparsed"].tolist() == [0.0, 1.0, 0.0]
     judge_call = ens.calls[-1]

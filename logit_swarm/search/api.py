@@ -248,6 +248,14 @@ class TaskUtility:
         self.calls = 0
         self.seconds = 0.0
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The task's state (see ``Task.checkpoint_state``), for the search's checkpoints."""
+        return self.task.checkpoint_state()
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Restore the task's state from a checkpoint (before the first evaluation)."""
+        self.task.restore_state(state)
+
     def __call__(self, W: np.ndarray) -> np.ndarray:
         W = np.atleast_2d(np.asarray(W, dtype=np.float64))
         ok = np.isfinite(W).all(axis=1)

@@ -26,7 +26,7 @@ import numpy as np
 
 from ._common import array_from_json, float_from_json
 
-__all__ = ["PlotsUnavailable", "plot_history", "read_history", "matplotlib_available"]
+__all__ = ["PlotsUnavailable", "plot_history", "read_history", "matplotlib_available", "save_figure"]
 
 UTILITY_PNG = "utility.png"
 WEIGHTS_PNG = "weights.png"
@@ -147,6 +147,12 @@ def plot_history(history: str | os.PathLike | Sequence[Mapping[str, Any]], out_d
     plt.close(fig)
     written.append(path)
     return written
+
+
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Save a matplotlib figure as PNG atomically (the rule every plot of the project follows)."""
+    _save(fig, Path(path))
+    return Path(path)
 
 
 def _save(fig: Any, path: Path) -> None:

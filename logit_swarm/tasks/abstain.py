@@ -41,6 +41,10 @@ class AbstainTask(MultipleChoiceTask):
         self.check_gen = backend.GenerationSettings.from_spec(
             {**self.spec, "max_new_tokens": self.spec.get("check_max_new_tokens", 10)})
 
+    def solved(self, scores):
+        """Solved: answered (not abstained) and correct (per-question score +1)."""
+        return np.asarray(scores) > 0
+
     def _evaluate(self, pool, split, allow_test):
         exs = self.examples(split)
         prompts = [self.build_prompt(ex) for ex in exs]

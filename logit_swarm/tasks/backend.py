@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..budget import check_budget_unit
 from ..windows import check_policy, effective_policy
 
 MODES = ("probs", "logits")
@@ -35,6 +36,23 @@ def ensemble_class() -> Any:
     from logit_swarm.ensemble import Ensemble
 
     return Ensemble
+
+
+def is_url(ref: str) -> bool:
+    """Whether ``ref`` names an endpoint rather than a directory (the engine's own rule)."""
+    from logit_swarm.experts.remote import is_url as engine_is_url
+
+    return engine_is_url(str(ref))
+
+
+def load_expert(path_or_url: str, model: str | None = None) -> Any:
+    """An expert loaded by the engine's ``load_expert`` from a local model directory, or from an
+    OpenAI-compatible endpoint URL (``model`` picks the served model)."""
+    from logit_swarm.ensemble import load_expert as engine_load_expert
+
+    if model is not None:
+        return engine_load_expert(path_or_url, model=model)
+    return engine_load_expert(path_or_url)
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,6 +195,8 @@ class EngineCache:
 class GenerationSettings:
     """Decoding settings of a task.
 
+    ``max_new_tokens`` counts ``budget_unit`` (:mod:`logit_swarm.budget`): by default tokens of
+    the reference tokenizer ``budget_tokenizer`` (expert index or name, default 0, the first).
     ``strip`` trims outputs as the paper does after decoding; ``chat`` sends each prompt as one
     user message (the engine applies each expert's chat template), as the paper does for the
     reward-model and human-interest objectives.
@@ -192,6 +212,9 @@ class GenerationSettings:
     # "left": an expert whose window is too short sees the prompt's end; "error" refuses;
     # None: the task's / run's policy (default "left"). See logit_swarm/windows.py.
     truncation: str | None = None
+    # What max_new_tokens counts (logit_swarm.budget): reference-tokenizer tokens, bytes or units.
+    budget_unit: str = "tokens"
+    budget_tokenizer: int | str = 0
 
     @classmethod
     def from_spec(cls, spec: dict, **defaults: Any) -> GenerationSettings:
@@ -199,7 +222,7 @@ class GenerationSettings:
         ``chat``, ``truncation`` from a spec; ``defaults`` fill what the spec leaves out."""
         vals = {**defaults}
         for key in ("max_new_tokens", "temperature", "seed", "stop", "strip", "max_rows", "chat",
-                    "truncation"):
+                    "truncation", "budget_unit", "budget_tokenizer"):
             if key in spec:
                 vals[key] = spec[key]
         if isinstance(vals.get("stop"), str):
@@ -209,6 +232,7 @@ class GenerationSettings:
         out = cls(**vals)
         if int(out.max_new_tokens) < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {out.max_new_tokens}")
+        check_budget_unit(out.budget_unit)
         check_policy(out.truncation)
         if float(out.temperature) < 0:
             raise ValueError(f"temperature must be >= 0 (0 is greedy), got {out.temperature}")
@@ -256,6 +280,8 @@ def generate_flat(cache: EngineCache, pool: Pool, prompts: Sequence[Any], row_we
             stop=list(gen.stop) if gen.stop else None,
             weights=row_w[start:start + step],
             truncation=gen.truncation,
+            budget_unit=gen.budget_unit,
+            budget_tokenizer=gen.budget_tokenizer,
         ))
     if len(texts) != len(rows):
         raise RuntimeError(f"engine returned {len(texts)} outputs for {len(rows)} rows")

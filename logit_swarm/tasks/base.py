@@ -28,7 +28,7 @@ COMMON_OPTIONS = frozenset({"name", "kind", "description", "data", "fields", "li
                             "data_dir", "truncation"})
 #: Decoding options of generation-based kinds.
 GENERATION_OPTIONS = frozenset({"max_new_tokens", "temperature", "seed", "stop", "strip",
-                                "max_rows", "chat", "truncation"})
+                                "max_rows", "chat", "truncation", "budget_unit", "budget_tokenizer"})
 
 
 class TestSplitError(ValueError):
@@ -72,6 +72,42 @@ class EvalResult:
         out = {"utility": float(self.utility[p])}
         out.update({k: float(v[p]) for k, v in self.parts.items()})
         return out
+
+
+@dataclass
+class QuestionResults:
+    """Per-question results of P weight rows on one split.
+
+    ``ids``: [n] question ids (the record's ``id`` field, else ``"<split>-<index>"``);
+    ``scores``: [P, n] per-question scores (the utility is their mean for most kinds);
+    ``solved``: [P, n] booleans, or ``None`` when the kind has no notion of solving a question.
+    """
+
+    ids: list[str]
+    scores: np.ndarray
+    solved: np.ndarray | None = None
+
+    def records(self, p: int = 0) -> list[dict[str, Any]]:
+        """Row ``p`` as one JSON-able dict per question: ``id``, ``score`` and ``correct``
+        (``None`` when the kind does not define it)."""
+        out = []
+        for i, qid in enumerate(self.ids):
+            ok = None if self.solved is None else bool(self.solved[p, i])
+            out.append({"id": qid, "score": float(self.scores[p, i]), "correct": ok})
+        return out
+
+
+def example_ids(examples: Sequence[Record], split: str) -> list[str]:
+    """Stable ids of a split's examples: the raw record's ``id`` where it has one (made unique),
+    else ``"<split>-<index>"``."""
+    ids, seen = [], set()
+    for i, ex in enumerate(examples):
+        raw = ex.get("raw") if isinstance(ex, Mapping) else None
+        qid = raw.get("id") if isinstance(raw, Mapping) else None
+        qid = f"{split}-{i}" if qid is None or str(qid) in seen else str(qid)
+        seen.add(qid)
+        ids.append(qid)
+    return ids
 
 
 class Task:
@@ -177,23 +213,44 @@ class Task:
         """Evaluate every particle of ``pool`` on ``split`` (the guard has already run)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _evaluate")
 
-    # -- resume ----------------------------------------------------------------------------
+    def question_results(self, experts: Any, W: Any = None, split: str = "dev", mode: str | None = None,
+                         allow_test: bool = False) -> QuestionResults:
+        """Per-question results of every row of ``W`` on ``split``: ids, scores and (where the
+        kind defines it) whether each question was solved. Same arguments as :meth:`evaluate`.
 
-    def checkpoint_state(self) -> dict:
-        """Everything the utility depends on beyond the weights, as JSON values (reward
-        normalisation, judge cache, random streams...); saved in every search checkpoint.
-        The base task has none."""
-        return {}
+        This is what ``compare`` writes to ``per_question.jsonl`` and what the C-emerge analysis
+        reads. Kinds without per-question scores (a likelihood task scores documents, which are
+        its "questions") still return one score per example.
+        """
+        r = self.evaluate_detailed(experts, W, split=split, mode=mode, allow_test=allow_test)
+        return self._question_results(r, split)
 
-    def restore_state(self, state: dict) -> None:
-        """Put back what :meth:`checkpoint_state` returned; called by a resumed search before
-        its first evaluation. The base task has nothing to restore."""
+    def _question_results(self, result: EvalResult, split: str) -> QuestionResults:
+        if result.per_example is None:
+            raise ValueError(f"task {self.name!r} ({self.kind}) has no per-question results")
+        scores = np.asarray(result.per_example, dtype=np.float64)
+        return QuestionResults(self.question_ids(split), scores, self.solved(scores))
 
     def question_ids(self, split: str = "dev") -> list[str]:
-        """A stable id per example of ``split`` (the record's ``id`` if it has one, else its
-        index), for per-question result files."""
-        return [str(ex.get("id", i)) if isinstance(ex, Mapping) else str(i)
-                for i, ex in enumerate(self.examples(split))]
+        """A stable id per example of ``split``: the record's ``id`` where it has one (made
+        unique), else ``"<split>-<index>"`` (for per-question result files)."""
+        return example_ids(self.examples(split), split)
+
+    def solved(self, scores: np.ndarray) -> np.ndarray | None:
+        """Whether each per-question score counts as solved; ``None`` where the kind has no such
+        notion (rewards, ratings, likelihoods). Accuracy kinds: full credit (a tie between the
+        best options splits the credit and is not solved)."""
+        return None
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything this task's utility depends on beyond its spec and data, as JSON-able data
+        (reward normalisation, the judge's call cache, ...). A search stores it in every
+        checkpoint and hands it to :meth:`restore_state` on resume before the first evaluation,
+        so a resumed search evaluates exactly as an uninterrupted one. Stateless kinds: ``{}``."""
+        return {}
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        """Take back what :meth:`checkpoint_state` returned (stateless kinds: nothing to do)."""
 
     def clear_cache(self) -> None:
         """Drop cached likelihood tables and ensembles (e.g. to free memory)."""

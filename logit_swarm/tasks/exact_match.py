@@ -51,6 +51,10 @@ class ExactMatchTask(Task):
         return np.array([[float(self.matcher(out, ex["answer"], split)) for ex, out in zip(exs, row, strict=True)]
                          for row in outputs])
 
+    def solved(self, scores):
+        """A question is solved when its answer matched."""
+        return np.asarray(scores) >= 1.0 - 1e-9
+
     def _evaluate(self, pool, split, allow_test):
         exs = self.examples(split)
         outputs = backend.generate_rows(self.cache, pool, [self.build_prompt(e) for e in exs], self.gen)

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .base import GENERATION_OPTIONS, KINDS, EvalResult, Task, register_kind
+from .base import GENERATION_OPTIONS, KINDS, EvalResult, QuestionResults, Task, register_kind
 from .metrics import harmonic_mean, weighted_mean
 
 #: Options a multi task hands down to its parts (where the part's kind accepts them).
@@ -84,6 +84,30 @@ class MultiTask(Task):
     def examples(self, split: str = "dev"):
         """Not defined for a multi task: ask each of ``task.parts``."""
         raise ValueError("a multi task has no examples of its own; see task.parts")
+
+    def checkpoint_state(self):
+        """Every part's state, by part name."""
+        return {"parts": {t.name: t.checkpoint_state() for t in self.parts}}
+
+    def restore_state(self, state):
+        """Hand each part its own state back."""
+        saved = state.get("parts", {})
+        for t in self.parts:
+            if t.name in saved:
+                t.restore_state(saved[t.name])
+
+    def question_ids(self, split="dev"):
+        """Every part's question ids, one part after the other, as ``"<part>/<id>"``."""
+        return [f"{t.name}/{q}" for t in self.parts for q in t.question_ids(split)]
+
+    def question_results(self, experts, W=None, split="dev", mode=None, allow_test=False):
+        """Every part's questions, one after the other, with ids ``"<part>/<id>"``; ``solved`` only
+        when every part defines it."""
+        got = [t.question_results(experts, W, split=split, mode=mode, allow_test=allow_test) for t in self.parts]
+        ids = [f"{t.name}/{q}" for t, r in zip(self.parts, got, strict=True) for q in r.ids]
+        solved = (np.concatenate([r.solved for r in got], axis=1)
+                  if all(r.solved is not None for r in got) else None)
+        return QuestionResults(ids, np.concatenate([r.scores for r in got], axis=1), solved)
 
     def clear_cache(self) -> None:
         """Drop the cached tables and ensembles of every part."""

@@ -4,12 +4,15 @@ Spec options (besides the common ones)::
 
     kind: multiple_choice
     scoring: generate          # generate (paper) | loglik_per_byte | loglik  (MC_SCORINGS)
-    prompt: paper              # paper | a format template, e.g. "Q: {question}\\n{choices}\\nA:"
+    prompt: "{prompt}"         # a format template, e.g. "Q: {question}\\n{choices}\\nA:", or
+                               # paper (the paper's template). Default: the prompt as written
+                               # (lm-eval's convention); paper for the paper's tasks and files
     instruction: "Please choose an option that best answers the question."   # paper prompt only
     icl_prompt: from_data      # few-shot prefix: from_data (the file's icl_prompt) | a string | null
     target: text               # loglik: score the option text, or its label (label)
-    separator: " "             # loglik: put between prompt and option ("" when options carry
-                               # their own leading space, as the zoo's do)
+    separator: " "             # loglik: put between prompt and option; a whitespace separator
+                               # is left out when the prompt ends with whitespace or the option
+                               # starts with it (never doubled). "" joins them as they are
     max_new_tokens: 10         # generate: the paper's 10 tokens, greedy
 
 ``generate`` decodes every (particle, question) row in shared batches and parses the answer
@@ -31,7 +34,7 @@ from .metrics import choice_credit
 from .parsing import parse_choice_paper
 from .records import Record, mc_example
 from .registry import Registry
-from .templates import PAPER_INSTRUCTION, check_template, paper_mc_prompt, render
+from .templates import PAPER_INSTRUCTION, check_template, join_continuation, paper_mc_prompt, render
 
 MCScoring = Callable[["MultipleChoiceTask", backend.Pool, str, list[Record]], EvalResult]
 #: How a multiple-choice question is answered: generate + parse, or compare option likelihoods.
@@ -50,7 +53,9 @@ class MultipleChoiceTask(Task):
         super().__init__(spec, base_dir, data_dir)
         self.scoring_name = MC_SCORINGS.canonical(self.spec.get("scoring", self.DEFAULT_SCORING))
         self.scoring = MC_SCORINGS.get(self.scoring_name)
-        self.prompt = self.spec.get("prompt", "paper")
+        # lm-eval's convention: the prompt as written; files in the paper's format keep its template.
+        default_prompt = "paper" if self.data is not None and self.data.paper_format else "{prompt}"
+        self.prompt = self.spec.get("prompt", default_prompt)
         if self.prompt != "paper":
             check_template(str(self.prompt))
         self.instruction = self.spec.get("instruction", PAPER_INSTRUCTION)
@@ -76,6 +81,15 @@ class MultipleChoiceTask(Task):
     def _evaluate(self, pool, split, allow_test):
         exs = self.examples(split)
         return self.scoring(self, pool, split, exs)
+
+    def option_pairs(self, split: str = "dev") -> tuple[list[str], list[str], list[int]]:
+        """What the loglik scorings score on ``split``: (contexts, continuations, options per
+        question), one (context, continuation) pair per option, in question order."""
+        return _option_pairs(self, split, self.examples(split))
+
+    def solved(self, scores):
+        """A question is solved with full credit (a tie between best options is not)."""
+        return np.asarray(scores) >= 1.0 - 1e-9
 
 
 def parse_and_grade(exs: list[Record], outputs: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
@@ -116,10 +130,11 @@ def _option_pairs(task: MultipleChoiceTask, split, exs) -> tuple[list[str], list
     for ex in exs:
         prompt = task.build_prompt(ex)
         options = ex["choices"] if task.target == "text" else ex["labels"]
-        # By default a space joins the option to the prompt as a separate word, as in lm-eval.
+        # By default a space joins the option to the prompt as a separate word, as in lm-eval,
+        # unless one side already carries the whitespace.
         for opt in options:
             contexts.append(prompt)
-            conts.append(task.separator + opt)
+            conts.append(join_continuation(prompt, task.separator, opt))
         counts.append(len(options))
     memo[(split, id(exs))] = (exs, (contexts, conts, counts))
     return contexts, conts, counts

@@ -15,8 +15,9 @@ What needs more than the files:
   ``$LOGIT_SWARM_TOXICITY_SCORER`` (the paper called Google's Perspective API).
 * ``rm``, ``rm-concise``, ``rm-verbose``, ``rm-reverse``: a local reward model,
   ``scorer=...`` or ``$LOGIT_SWARM_REWARD_MODEL`` (the paper used internlm2-7b-reward).
-* ``human-*``: a judge; by default expert 0 of the pool (the paper used Gemini 1.5 Flash),
-  or ``judge={"model": DIR}``.
+* ``human-*``: a judge model, ``judge=DIR_OR_URL`` (a local model directory or an endpoint URL)
+  or ``$LOGIT_SWARM_JUDGE`` (the paper used Gemini 1.5 Flash). There is no default: a pool
+  expert as judge favours its own outputs (name one with ``judge={"expert": i}``; it warns).
 
 Any option can be overridden at load time, e.g. ``load_task("mmlu", scoring="loglik_per_byte")``.
 """
@@ -34,6 +35,7 @@ from .templates import PAPER_INSTRUCTION, PAPER_INSTRUCTION_COMPLETE
 
 ENV_TOXICITY = "LOGIT_SWARM_TOXICITY_SCORER"
 ENV_REWARD = "LOGIT_SWARM_REWARD_MODEL"
+ENV_JUDGE = "LOGIT_SWARM_JUDGE"
 
 #: Multiple-choice tasks: name -> (file, instruction line of the prompt).
 MULTIPLE_CHOICE: dict[str, tuple[str, str | None]] = {
@@ -85,13 +87,15 @@ def _fixed(spec: dict[str, Any]):
     return make
 
 
-def _needs(spec: dict[str, Any], key: str, env: str, what: str, name: str):
+_SCORER_HINT = "DIR_OR_CALLABLE (a local sequence-classification model directory or a Python callable texts -> scores)"
+_JUDGE_HINT = "DIR_OR_URL (a local model directory or an OpenAI-compatible endpoint URL)"
+
+
+def _needs(spec: dict[str, Any], key: str, env: str, what: str, name: str, hint: str = _SCORER_HINT):
     def make(data_dir: Path | None, overrides: Mapping[str, Any]):
         value = overrides.get(key) or os.environ.get(env)
         if not value:
-            raise ValueError(f"task {name!r} needs {what}: pass {key}=DIR_OR_CALLABLE "
-                             f"(a local sequence-classification model directory or a Python "
-                             f"callable texts -> scores) or set {env}")
+            raise ValueError(f"task {name!r} needs {what}: pass {key}={hint} or set {env}")
         return {**spec, key: value}, paper_dir(data_dir)
 
     return make
@@ -141,10 +145,12 @@ def _register() -> None:
                       description=f"paper reward-model objective ({objective})")
     for topic in HUMAN_TOPICS:
         file = f"human_{topic}.json"
-        register_task(f"human-{topic.lower().replace('_', '-')}",
-                      _fixed({"kind": "judge", "data": file, "judge": {"expert": 0},
-                              "max_new_tokens": 512, "chat": True}),
-                      files=(file,), **common,
+        name = f"human-{topic.lower().replace('_', '-')}"
+        register_task(name,
+                      _needs({"kind": "judge", "data": file, "max_new_tokens": 512, "chat": True},
+                             "judge", ENV_JUDGE, "a judge model", name, _JUDGE_HINT),
+                      files=(file,), requires=f"a judge model (judge= or ${ENV_JUDGE})",
+                      is_available=_env_set(ENV_JUDGE), **common,
                       description=f"paper human-interest topic {topic!r}: mean judge rating 1-10")
 
 

@@ -148,10 +148,16 @@ def is_paper_file(path: Path) -> bool:
 
 
 class DataSource:
-    """Records per split, read lazily once and kept; plus ``extras`` (e.g. ``icl_prompt``)."""
+    """Records per split, read lazily once and kept; plus ``extras`` (e.g. ``icl_prompt``).
+
+    ``paper_format``: the records come from files in the Model Swarms paper's format (one JSON
+    object of splits), whose multiple-choice prompts default to the paper's template.
+    """
 
     def __init__(self, loaders: Mapping[str, Callable[[], list[Record]]],
-                 extras: Mapping[str, Any] | None = None, description: str = "records"):
+                 extras: Mapping[str, Any] | None = None, description: str = "records",
+                 paper_format: bool = False):
+        self.paper_format = paper_format
         self._loaders = dict(loaders)
         self._cache: dict[str, list[Record]] = {}
         self.extras = dict(extras or {})
@@ -194,7 +200,7 @@ class DataSource:
             raise ValueError(f"{str(p)!r} has no list-valued splits such as 'dev' and 'test'")
         extras = {k: v for k, v in top.items() if isinstance(v, str)}
         return cls({s: (lambda s=s: read_records(p, field=s)) for s in splits}, extras,
-                   description=f"data file {p.name!r}")
+                   description=f"data file {p.name!r}", paper_format=True)
 
     @classmethod
     def from_spec(cls, data: Any, base_dir: str | os.PathLike | None) -> DataSource:
@@ -226,6 +232,7 @@ class DataSource:
                         for s, n in sizes.items()}, description=f"generator {data['generator']!r}")
         if isinstance(data, Mapping) and data:
             loaders = {}
+            paper = []
             for split, rel in data.items():
                 if isinstance(rel, list):  # records inline in the spec
                     loaders[split] = (lambda rel=rel: [dict(r) for r in rel])
@@ -235,8 +242,9 @@ class DataSource:
                     raise FileNotFoundError(f"data file for split {split!r}: {str(p)!r} does not exist")
                 # A paper-format object file given for one split provides that split's list.
                 field_name = split if is_paper_file(p) else None
+                paper.append(field_name is not None)
                 loaders[split] = (lambda p=p, f=field_name: read_records(p, field=f))
-            return cls(loaders, description="task data")
+            return cls(loaders, description="task data", paper_format=bool(paper) and all(paper))
         raise ValueError("data: must be a paper-format .json path, {split: path, ...} or "
                          "{generator: NAME, sizes: {...}}")
 

@@ -94,6 +94,15 @@ class RewardTask(_ScoredGenerationTask):
         elif norm not in ("dev", None, "none"):
             raise ValueError(f"normalise must be dev, {{low: L, high: H}} or none, got {norm!r}")
 
+    def checkpoint_state(self):
+        """The frozen normalisation constants (taken from the first dev evaluation)."""
+        return {"norm": None if self.norm is None else [float(self.norm[0]), float(self.norm[1])]}
+
+    def restore_state(self, state):
+        """Take back the normalisation constants of a checkpoint."""
+        if "norm" in state:
+            self.norm = None if state["norm"] is None else (float(state["norm"][0]), float(state["norm"][1]))
+
     def scorer_texts(self, exs: list[Record], outputs: list[list[str]]) -> list[str]:
         """What the scorer reads for every (particle, prompt) row, particle-major."""
         texts = []

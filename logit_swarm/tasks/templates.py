@@ -49,6 +49,15 @@ def paper_mc_prompt(question: str, labels: Sequence[str], texts: Sequence[str],
     return prompt
 
 
+def join_continuation(context: str, separator: str, continuation: str) -> str:
+    """What is scored after ``context``: ``separator + continuation``, except that a whitespace
+    separator is dropped when the context already ends with whitespace or the continuation
+    already starts with it (lm-eval's convention: whitespace is never doubled)."""
+    if separator and separator.isspace() and (context[-1:].isspace() or continuation[:1].isspace()):
+        return continuation
+    return separator + continuation
+
+
 def choice_lines(labels: Sequence[str], texts: Sequence[str]) -> str:
     """Options as ``"A: text"`` lines joined by newlines (no trailing newline)."""
     return "\n".join(f"{label}: {text}" for label, text in zip(labels, texts, strict=True))

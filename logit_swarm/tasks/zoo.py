@@ -29,7 +29,8 @@ from .spec import register_task
 DEV_SIZE = 50
 TEST_SIZE = 200
 
-#: Generation budget per zoo task, in units (bytes when the experts' tokenizers differ).
+#: Generation budget per zoo task, in the mixture's units (``budget_unit: units``: tokens when
+#: the experts share a tokenizer, bytes when they differ); these are short answer lengths.
 _MAX_NEW = {"facts": 24, "facts_a": 24, "facts_b": 24, "arithmetic": 8, "sorting": 20,
             "connectivity": 8, "reasoning": 20, "dialogue": 72, "code": 120}
 
@@ -75,9 +76,9 @@ def zoo_spec(task: str, kind: str, dev: int = DEV_SIZE, test: int = TEST_SIZE) -
             "seed": 0}
     if kind == "exact_match":
         return {"kind": "exact_match", "data": data, "prompt": "{prompt}", "match": "auto",
-                "max_new_tokens": _MAX_NEW.get(task, 32), "stop": ["\n"]}
+                "max_new_tokens": _MAX_NEW.get(task, 32), "budget_unit": "units", "stop": ["\n"]}
     return {"kind": "multiple_choice", "data": data, "prompt": "{prompt}", "scoring": "loglik_per_byte",
-            "separator": "", "max_new_tokens": _MAX_NEW.get(task, 32)}
+            "separator": "", "max_new_tokens": _MAX_NEW.get(task, 32), "budget_unit": "units"}
 
 
 def _zoo_name(task: str) -> str:
