@@ -115,7 +115,16 @@ one), cancelling a row whose client went away, ``/v1/embeddings`` and other endp
 from __future__ import annotations
 
 from .protocol import ApiError, ServedModel, UnitTable
-from .server import SwarmServer, make_server
+
+
+def __getattr__(name: str):
+    # fastapi / uvicorn / prometheus-client are the optional `serve` extra: imported only when
+    # the server itself is asked for, so `logit-swarm --help` works without them.
+    if name in ("SwarmServer", "make_server"):
+        from . import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register(subparsers):
