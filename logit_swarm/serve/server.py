@@ -43,14 +43,29 @@ def _unit_table(ens) -> P.UnitTable:
     if ens.unit == "byte":
         return P.UnitTable.for_bytes()
     e = ens.experts[0]
-    tb = list(e.vocab_bytes.token_bytes[: e.vocab_size])
-    tb += [None] * (e.vocab_size - len(tb))
 
     def literal(i: int) -> str:
         name = e.tokenizer.convert_ids_to_tokens(i)
         return name if isinstance(name, str) else f"<|token_{i}|>"
 
+    try:
+        tb = list(e.vocab_bytes.token_bytes[: e.vocab_size])
+    except ValueError:
+        # The byte analysis refuses tokenizers whose normaliser rewrites text (stories260K collapses
+        # doubled spaces): fine for token units, which only need each token's bytes to show it.
+        tb = [_piece_bytes(literal(i), i in e.tokenizer.all_special_ids) for i in range(e.vocab_size)]
+    tb += [None] * (e.vocab_size - len(tb))
+
     return P.UnitTable.for_tokens(tb, literal)
+
+
+def _piece_bytes(piece: str, special: bool) -> bytes | None:
+    """A SentencePiece / BPE piece's bytes for display: '▁' is a space, '<0xNN>' a byte."""
+    if special:
+        return None
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        return bytes([int(piece[3:5], 16)])
+    return piece.replace("\u2581", " ").encode("utf-8")
 
 
 def _json(status: int, obj, headers: dict | None = None) -> Response:
