@@ -2,7 +2,7 @@
 
 Nothing here touches a model or a tokenizer object, so it runs in any HTTP thread. What needs
 the models (tokenizing, context-window checks, decoding) happens in the batching worker
-(batcher.py). The protocol itself (fields, units, conventions) is documented in
+(scheduler.py). The protocol itself (fields, units, conventions) is documented in
 ``logit_swarm/serve/__init__.py``.
 """
 

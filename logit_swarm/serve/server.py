@@ -421,7 +421,12 @@ async def _events(server: SwarmServer, job, sink: AsyncSink, request: Request | 
     """The job's events until its end (raises ApiError on an error event, _ClientGone on a hang-up)."""
     while True:
         try:
-            ev = await asyncio.wait_for(sink.queue.get(), 0.5)
+            ev = sink.queue.get_nowait()  # most events are already there: no timer task needed
+        except asyncio.QueueEmpty:
+            ev = None
+        try:
+            if ev is None:
+                ev = await asyncio.wait_for(sink.queue.get(), 0.5)
         except TimeoutError:
             if not server.batcher.alive:
                 raise P.ApiError(503, "the engine stopped before answering; retry") from None
