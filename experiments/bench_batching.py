@@ -35,12 +35,12 @@ from logit_swarm.serve import protocol as P  # noqa: E402
 from logit_swarm.serve.scheduler import QueueSink, Scheduler  # noqa: E402
 
 
-def run(ens, policy: str, clients: int, duration: float, max_tokens: int, seed: int) -> dict:
+def run(ens, policy: str, clients: int, duration: float, max_tokens: int, seed: int, join_every: int = 8) -> dict:
     """One closed-loop phase; returns throughput and latency percentiles."""
     served = P.ServedModel("m", ens.unit, len(ens.experts), ens.experts[0].vocab_size, list(ens.weights), ens.mode,
                            -1, 512, [e.name for e in ens.experts])
     mix = request_mix(max_tokens, None, ens.unit == "token")
-    sch = Scheduler(ens, policy)
+    sch = Scheduler(ens, policy, join_every=join_every)
     sch.start()
     rng = random.Random(seed)
     done: queue.Queue = queue.Queue()
@@ -69,7 +69,7 @@ def run(ens, policy: str, clients: int, duration: float, max_tokens: int, seed: 
         submit()
     wall = time.perf_counter() - t0
     sch.stop(60)
-    return {"policy": policy, "clients": clients, "requests": len(lat), "req_per_s": round(len(lat) / wall, 2),
+    return {"policy": policy if policy != "continuous" else f"{policy} (join every {join_every})", "clients": clients, "requests": len(lat), "req_per_s": round(len(lat) / wall, 2),
             "p50_s": round(pct(lat, 50), 4), "p99_s": round(pct(lat, 99), 4), "errors": errors,
             "steps": sch.stats["steps"], "max_running_rows": sch.stats["max_running_rows"]}
 
@@ -81,6 +81,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batching", nargs="+", default=["continuous", "static", "sequential"])
     ap.add_argument("--duration", type=float, default=12.0)
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--join-every", type=int, nargs="+", default=[8],
+                    help="continuous policy: take new requests every k steps (several values: one phase each)")
     ap.add_argument("--zoo", help="zoo directory (default: the cached zoo)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
@@ -89,9 +91,10 @@ def main(argv=None) -> int:
     rows = []
     for c in args.clients:  # interleaved, so machine drift hits every policy alike
         for policy in args.batching:
-            r = run(ens, policy, c, args.duration, args.max_tokens, seed=c)
-            print(r, file=sys.stderr, flush=True)
-            rows.append(r)
+            for k in args.join_every if policy == "continuous" else [1]:
+                r = run(ens, policy, c, args.duration, args.max_tokens, seed=c, join_every=k)
+                print(r, file=sys.stderr, flush=True)
+                rows.append(r)
     md = ["Engine only (no HTTP), zoo facts_a + facts_b, the load test's request mix, max_tokens "
           f"{args.max_tokens}, {args.duration:.0f} s per phase, one torch thread, {os.cpu_count()} CPUs shared "
           "with other jobs (noisy).", "",

@@ -53,6 +53,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batching", choices=["continuous", "static", "sequential"], default="continuous",
                    help="continuous (default): requests join the running batch at the next step; static: a "
                    "batch runs to its end while new requests wait (for comparison); sequential: one at a time")
+    p.add_argument("--join-every", type=int, default=8,
+                   help="continuous batching: while rows decode, new requests join every N steps, their "
+                   "prefills batched together (default 8; 1 = every step)")
     p.add_argument("--max-queue", type=int, default=1024,
                    help="requests that may wait before the server answers 429 (default 1024)")
     p.add_argument("--max-request-rows", type=int, default=512,
@@ -76,7 +79,7 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     if args.max_logprobs < -1:
         raise ValueError(f"--max-logprobs must be ≥ 0, or -1 for no cap; got {args.max_logprobs}")
-    for name in ("max_batch_rows", "max_queue", "max_request_rows"):
+    for name in ("max_batch_rows", "max_queue", "max_request_rows", "join_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
     if args.chat_template and not Path(args.chat_template).is_file():
@@ -120,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
                          max_logprobs=args.max_logprobs, model_name=name, batch_window_ms=args.batch_window_ms,
                          max_batch_rows=args.max_batch_rows, log=None if args.quiet else say,
                          batching=args.batching, max_queue=args.max_queue, max_request_rows=args.max_request_rows,
-                         chat_template=args.chat_template)
+                         chat_template=args.chat_template, join_every=args.join_every)
     if server.chat.warning():
         say(server.chat.warning())
     stopping = threading.Event()

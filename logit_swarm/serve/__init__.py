@@ -9,7 +9,8 @@ Python::
 
 FastAPI + uvicorn (server.py; uvicorn runs in a background thread) over one engine thread
 (scheduler.py) that owns the models and decodes with **continuous batching** (engine.py): a
-request's rows join the running batch at the next decode step and leave when they finish or
+request's rows join the running batch between decode steps (every ``join_every`` steps, 8) and
+leave when they finish or
 their client hangs up; rows beyond ``max_batch_rows`` wait in a bounded queue (429 when it is
 full). A response never depends on the requests it was batched with: every row samples from its
 own random stream and greedy decoding is the argmax of its own mixture. ``batching="static"``

@@ -13,8 +13,8 @@ are not meant for concurrent use). Each turn of its loop it
    log-probabilities and, when a row ends, its result;
 4. drops the rows of jobs whose client went away.
 
-Batching policies (``--batching``): ``continuous`` (default; rows join at the next step while
-fewer than ``max_batch_rows`` run, and leave when done), ``static`` (the issue-6 behaviour kept
+Batching policies (``--batching``): ``continuous`` (default; while fewer than ``max_batch_rows``
+run, waiting rows join every ``join_every`` steps, and leave when done), ``static`` (the issue-6 behaviour kept
 for comparison: a batch is collected for ``window_s`` after its first request and decoded until
 its last row ends while new requests wait), ``sequential`` (one request at a time).
 
@@ -115,10 +115,12 @@ class Scheduler:
         window_s: (static policy) how long a batch collects requests after its first.
         metrics: a :class:`~logit_swarm.serve.metrics.Metrics` or None.
         chat: how chat messages become prompt ids (:class:`~logit_swarm.serve.chat.ChatRenderer`).
+        join_every: while rows decode, new requests are taken (prepared, echoed, prefilled) only
+            every this many steps, so their prefill work is batched and interrupts fewer steps.
     """
 
     def __init__(self, ensemble, policy: str = "continuous", max_batch_rows: int = 64, max_queue: int = 1024,
-                 window_s: float = 0.005, metrics=None, chat: ChatRenderer | None = None):
+                 window_s: float = 0.005, metrics=None, chat: ChatRenderer | None = None, join_every: int = 8):
         if policy not in POLICIES:
             raise ValueError(f"unknown batching policy {policy!r}; use one of {', '.join(POLICIES)}")
         self.ens = ensemble
@@ -135,6 +137,10 @@ class Scheduler:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        if join_every < 1:
+            raise ValueError(f"join_every must be ≥ 1, got {join_every}")
+        self.join_every = int(join_every)
+        self._turns = 0
         #: Counters: jobs, steps, engine_calls (batched prefills of joining rows), rows, echo_calls,
         #: cancelled_rows, errors, max_running_rows.
         self.stats = {"jobs": 0, "steps": 0, "engine_calls": 0, "rows": 0, "echo_calls": 0, "cancelled_rows": 0,
@@ -194,6 +200,11 @@ class Scheduler:
     def _turn(self) -> bool:
         """One turn of the loop; returns whether there was anything to do."""
         idle = not self.decoder.rows and not self.waiting
+        self._turns += 1
+        if self.decoder.rows and self._turns % self.join_every:
+            self._drop_cancelled()
+            self._step()  # a decode-only turn: joiners are prefilled together every join_every steps
+            return True
         new = self._take(block=idle)
         if new:
             self._prepare_all(new)

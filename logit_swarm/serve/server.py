@@ -110,7 +110,7 @@ class SwarmServer:
     def __init__(self, ensemble, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                  max_logprobs: int = 20, model_name: str | None = None, batch_window_ms: float = 5.0,
                  max_batch_rows: int = 64, log=None, batching: str = "continuous", max_queue: int = 1024,
-                 max_request_rows: int = 512, chat_template: str | None = None):
+                 max_request_rows: int = 512, chat_template: str | None = None, join_every: int = 8):
         if max_logprobs < -1:
             raise ValueError(f"max_logprobs must be ≥ 0, or -1 for no cap; got {max_logprobs}")
         if max_batch_rows < 1 or max_request_rows < 1 or max_queue < 1:
@@ -133,7 +133,7 @@ class SwarmServer:
         self.created = P.now()
         self.metrics = Metrics(ensemble.unit)
         self.batcher = Scheduler(ensemble, batching, max_batch_rows, max_queue, batch_window_ms / 1000.0,
-                                 self.metrics, self.chat)
+                                 self.metrics, self.chat, join_every)
         self.app = build_app(self)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
@@ -487,7 +487,8 @@ def make_server(ensemble, host: str = "127.0.0.1", port: int = 8000, api_key: st
         log: called with one line per HTTP request (e.g. ``print``), or None for silence.
         **kw: ``batching`` ("continuous", "static", "sequential"), ``max_queue`` (waiting
             requests before 429), ``max_request_rows`` (rows one request may ask for),
-            ``chat_template`` (Jinja source or file for experts without a chat template).
+            ``chat_template`` (Jinja source or file for experts without a chat template),
+            ``join_every`` (continuous batching: new requests join every this many steps, 8).
 
     Returns:
         a :class:`SwarmServer`: ``server.start()`` runs it in a background thread
