@@ -12,14 +12,16 @@ Starts the server as a subprocess (``logit-swarm serve --experts ...``) on loopb
 3. stops the server with SIGTERM and checks it exits cleanly.
 
 Reports p50/p90/p99 latency, throughput, status counts, mismatches, the server's RSS before and
-after the load, and its batching counters (``GET /stats``); prints a markdown table and writes
-``experiments/results/load_test.{json,md}``.
+after the load, and its engine counters (``GET /stats``); prints a markdown table and writes
+``experiments/results/<name>.{json,md}``. With several ``--batching`` policies and ``--clients``
+counts it compares them: one server per policy, one load phase per client count.
 
 ::
 
     python experiments/load_test.py                          # tiny random test experts, 8 clients x 30 s
     python experiments/load_test.py --experts zoo-token      # zoo facts_a + facts_b (shared tokenizer)
-    python experiments/load_test.py --experts zoo-byte --clients 4 --duration 20
+    python experiments/load_test.py --experts zoo-token --batching continuous static sequential \
+        --clients 1 8 32 --duration 15 --fault-rate 0 --max-tokens 32 --name load_test_batching
 """
 
 from __future__ import annotations
@@ -217,31 +219,12 @@ def send_fault(url: str, name: str, path: str, body) -> int | None:
     return st
 
 
-# ---------------------------------------------------------------------------------------- main
-def main(argv=None) -> int:
-    """Run the load test; returns 0 when there were no 5xx, mismatches or lost responses."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--experts", choices=["tiny", "tiny-byte", "zoo-token", "zoo-byte"], default="tiny",
-                    help="tiny random test experts (token or byte units) or a zoo pair (default tiny)")
-    ap.add_argument("--zoo", help="zoo directory (default: the cached zoo)")
-    ap.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
-    ap.add_argument("--duration", type=float, default=30.0, help="seconds of load (default 30)")
-    ap.add_argument("--max-tokens", type=int, default=16, help="max_tokens of the generating requests (default 16)")
-    ap.add_argument("--fault-rate", type=float, default=0.1, help="fraction of faulty requests (default 0.1)")
-    ap.add_argument("--threads", type=int, default=1, help="server torch threads (default 1)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the clients' choices")
-    ap.add_argument("--out", default=str(RESULTS), help="directory for load_test.{json,md}")
-    args = ap.parse_args(argv)
-
-    tmp = tempfile.TemporaryDirectory(prefix="logit_swarm_load_")
-    if args.experts.startswith("tiny"):
-        dirs = tiny_experts(args.experts, Path(tmp.name))
-    else:
-        dirs = zoo_pair(args.experts, args.zoo)
+# ---------------------------------------------------------------------------------------- phases
+def start_server(dirs: list[str], policy: str, threads: int):
+    """Start ``logit-swarm serve`` with a batching policy; returns (process, base url, stderr lines)."""
     cmd = [sys.executable, "-m", "logit_swarm.cli", "serve", "--experts", *dirs, "--port", "0", "--quiet",
-           "--max-logprobs", "-1", "--threads", str(args.threads)]
+           "--max-logprobs", "-1", "--threads", str(threads), "--batching", policy]
     print("starting:", " ".join(cmd), file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
     stderr_lines: list[str] = []
     threading.Thread(target=lambda: stderr_lines.extend(proc.stderr), daemon=True).start()
@@ -249,9 +232,12 @@ def main(argv=None) -> int:
     if " at http://" not in line:
         proc.kill()
         raise SystemExit(f"server did not start: {line!r}\n{''.join(stderr_lines)}")
-    url = line.split(" at ")[1].split()[0].rsplit("/v1", 1)[0]
-    startup_s = time.perf_counter() - t0
     print(line.strip(), file=sys.stderr, flush=True)
+    return proc, line.split(" at ")[1].split()[0].rsplit("/v1", 1)[0], stderr_lines
+
+
+def solo_answers(url: str, max_tokens: int):
+    """The request mix and every request's answer sent alone."""
     model = json.loads(request(url, "GET", "/v1/models")[1])["data"][0]
     token_units = model["unit"] == "token"
     ids = None
@@ -260,32 +246,27 @@ def main(argv=None) -> int:
                                                                "echo": True, "logprobs": 0,
                                                                "return_tokens_as_token_ids": True})
         ids = [int(t.split(":")[1]) for t in json.loads(text)["choices"][0]["logprobs"]["tokens"]]
-    rss_start = rss_kb(proc.pid)
-
-    # 1. solo answers
     mix, expected = [], {}
-    for name, path, body in request_mix(args.max_tokens, ids, token_units):
+    for name, path, body in request_mix(max_tokens, ids, token_units):
         st, text, ctype = request(url, "POST", path, body)
-        if st == 400 and "chat template" in text:
-            print(f"  (skipping {name}: {json.loads(text)['error']['message']})", file=sys.stderr)
-            continue
         if st != 200:
             raise SystemExit(f"solo request {name} failed: {st} {text[:300]}")
         expected[name] = normalise(st, text, ctype)
         mix.append((name, path, body))
-    rss_before = rss_kb(proc.pid)
-    stats_before = json.loads(request(url, "GET", "/stats")[1])
+    return model, mix, expected
 
-    # 2. load
+
+def load_phase(url: str, mix, expected, clients: int, duration: float, fault_rate: float, seed: int) -> dict:
+    """``clients`` threads send requests from the mix for ``duration`` s; every answer is checked."""
     lock = threading.Lock()
     rec = {"latency": {}, "status": {}, "mismatch": [], "lost": 0, "units": 0, "faults": {}, "fault_5xx": 0,
            "requests": 0}
-    deadline = time.monotonic() + args.duration
+    deadline = time.monotonic() + duration
 
     def client(k: int) -> None:
-        rng = random.Random(args.seed * 1000 + k)
+        rng = random.Random(seed * 1000 + k)
         while time.monotonic() < deadline:
-            if rng.random() < args.fault_rate:
+            if rng.random() < fault_rate:
                 name, path, body = rng.choice(FAULTS)
                 try:
                     st = send_fault(url, name, path, body)
@@ -315,92 +296,144 @@ def main(argv=None) -> int:
                 elif st == 200 and got.get("usage"):
                     rec["units"] += got["usage"]["completion_tokens"]
 
-    t_load = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t_load
-    rss_after = rss_kb(proc.pid)
-    stats_after = json.loads(request(url, "GET", "/stats")[1])
-    alive = proc.poll() is None
+    rec["wall"] = time.perf_counter() - t0
+    return rec
 
-    # 3. graceful stop
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        code = "killed after 60 s"
-    tmp.cleanup()
 
-    def pct(xs, q):
-        xs = sorted(xs)
-        return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
+def pct(xs, q):
+    """The q-th percentile (nearest rank) of xs."""
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
 
+
+def summarise(rec: dict) -> dict:
+    """Throughput, latency percentiles and error counts of one load phase."""
     all_lat = [x for v in rec["latency"].values() for x in v]
-    n5xx = sum(v for k, v in rec["status"].items() if k.startswith("5")) + rec["fault_5xx"]
-    d_jobs = stats_after["jobs"] - stats_before["jobs"]
-    d_batches = stats_after["batches"] - stats_before["batches"]
-    d_calls = stats_after["engine_calls"] - stats_before["engine_calls"]
-    result = {
-        "experts": args.experts, "expert_dirs": [Path(d).name for d in dirs], "unit": model["unit"], "clients": args.clients,
-        "duration_s": args.duration, "wall_s": round(wall, 2), "max_tokens": args.max_tokens,
-        "fault_rate": args.fault_rate, "server_threads": args.threads, "startup_s": round(startup_s, 2),
-        "requests": rec["requests"], "throughput_rps": round(rec["requests"] / wall, 2),
+    wall = rec["wall"]
+    return {
+        "requests": rec["requests"], "wall_s": round(wall, 2), "throughput_rps": round(rec["requests"] / wall, 2),
         "generated_units_per_s": round(rec["units"] / wall, 1),
         "latency_s": {"p50": round(pct(all_lat, 50), 4), "p90": round(pct(all_lat, 90), 4),
                       "p99": round(pct(all_lat, 99), 4), "max": round(max(all_lat), 4) if all_lat else None},
         "latency_p50_by_request": {k: round(pct(v, 50), 4) for k, v in sorted(rec["latency"].items())},
-        "status": rec["status"], "http_5xx": n5xx, "mismatches": len(rec["mismatch"]), "lost": rec["lost"],
-        "faults": rec["faults"], "server_alive_after_load": alive, "exit_code_after_sigterm": code,
-        "rss_mb": {"after_start": round(rss_start / 1024, 1), "before_load": round(rss_before / 1024, 1),
-                   "after_load": round(rss_after / 1024, 1)},
-        "batching": {"jobs": d_jobs, "batches": d_batches, "engine_calls": d_calls,
-                     "jobs_per_batch": round(d_jobs / max(d_batches, 1), 2)},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "mismatch_examples": rec["mismatch"][:3],
+        "status": rec["status"], "errors": sum(v for k, v in rec["status"].items() if k != "200") + rec["fault_5xx"],
+        "http_5xx": sum(v for k, v in rec["status"].items() if k.startswith("5")) + rec["fault_5xx"],
+        "mismatches": len(rec["mismatch"]), "lost": rec["lost"], "faults": rec["faults"],
+        "mismatch_examples": rec["mismatch"][:2],
     }
+
+
+def stop_server(proc) -> int | str:
+    """SIGTERM, then the exit code (or a note when it had to be killed)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return "killed after 60 s"
+
+
+def experts_for(args, tmp: str) -> list[str]:
+    """Expert directories of ``--experts``."""
+    if args.experts.startswith("tiny"):
+        return tiny_experts(args.experts, Path(tmp))
+    return zoo_pair(args.experts, args.zoo)
+
+
+# ---------------------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    """Run the load test; returns 0 when there were no errors, mismatches or lost responses."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--experts", choices=["tiny", "tiny-byte", "zoo-token", "zoo-byte"], default="tiny",
+                    help="tiny random test experts (token or byte units) or a zoo pair (default tiny)")
+    ap.add_argument("--zoo", help="zoo directory (default: the cached zoo)")
+    ap.add_argument("--clients", type=int, nargs="+", default=[8], help="concurrent clients (default 8; several "
+                    "values = one load phase each)")
+    ap.add_argument("--batching", nargs="+", default=["continuous"], choices=["continuous", "static", "sequential"],
+                    help="server batching policies to compare (default continuous)")
+    ap.add_argument("--duration", type=float, default=30.0, help="seconds of load per phase (default 30)")
+    ap.add_argument("--max-tokens", type=int, default=16, help="max_tokens of the generating requests (default 16)")
+    ap.add_argument("--fault-rate", type=float, default=0.1, help="fraction of faulty requests (default 0.1)")
+    ap.add_argument("--threads", type=int, default=1, help="server torch threads (default 1)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the clients' choices")
+    ap.add_argument("--out", default=str(RESULTS), help="directory for the results")
+    ap.add_argument("--name", default="load_test", help="results file stem (default load_test)")
+    args = ap.parse_args(argv)
+
+    tmp = tempfile.TemporaryDirectory(prefix="logit_swarm_load_")
+    dirs = experts_for(args, tmp.name)
+    runs, ok, servers = [], True, {}
+    for policy in args.batching:  # all servers up first; phases interleave so machine drift hits all alike
+        t0 = time.perf_counter()
+        proc, url, _ = start_server(dirs, policy, args.threads)
+        startup = time.perf_counter() - t0
+        model, mix, expected = solo_answers(url, args.max_tokens)
+        servers[policy] = (proc, url, mix, expected, startup, rss_kb(proc.pid))
+    for clients in args.clients:
+        for policy in args.batching:
+            proc, url, mix, expected, startup, _ = servers[policy]
+            stats0 = json.loads(request(url, "GET", "/stats")[1])
+            r = summarise(load_phase(url, mix, expected, clients, args.duration, args.fault_rate, args.seed))
+            stats1 = json.loads(request(url, "GET", "/stats")[1])
+            r.update({"policy": policy, "clients": clients, "startup_s": round(startup, 2),
+                      "engine": {k: stats1[k] - stats0[k] for k in ("jobs", "steps", "engine_calls", "rows")}
+                      | {"max_running_rows": stats1["max_running_rows"]}})
+            print(f"{policy:>10} × {clients:>2} clients: {r['throughput_rps']} req/s, p50 {r['latency_s']['p50']} s, "
+                  f"p99 {r['latency_s']['p99']} s, errors {r['errors']}, mismatches {r['mismatches']}",
+                  file=sys.stderr, flush=True)
+            runs.append(r)
+            ok = ok and r["http_5xx"] == 0 and r["mismatches"] == 0 and r["lost"] == 0
+    for policy, (proc, _, _, _, _, rss_before) in servers.items():
+        rss_after = rss_kb(proc.pid)
+        alive = proc.poll() is None
+        code = stop_server(proc)
+        for r in runs:
+            if r["policy"] == policy:
+                r.update({"rss_mb": [round(rss_before / 1024, 1), round(rss_after / 1024, 1)],
+                          "server_alive_after_load": alive, "exit_code_after_sigterm": code})
+        ok = ok and alive and code == 0
+    tmp.cleanup()
+    result = {"experts": args.experts, "expert_dirs": [Path(d).name for d in dirs], "unit": model["unit"],
+              "duration_s": args.duration, "max_tokens": args.max_tokens, "fault_rate": args.fault_rate,
+              "server_threads": args.threads, "runs": runs,
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "platform": platform.platform(), "note": "shared by several jobs; timings are noisy"}}
     md = render_md(result)
     print(md)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "load_test.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "load_test.md").write_text(md + "\n")
-    print(f"wrote {out / 'load_test.json'} and {out / 'load_test.md'}", file=sys.stderr)
-    ok = n5xx == 0 and not rec["mismatch"] and rec["lost"] == 0 and alive and code == 0
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{args.name}.md").write_text(md + "\n")
+    print(f"wrote {out / (args.name + '.json')} and {out / (args.name + '.md')}", file=sys.stderr)
     return 0 if ok else 1
 
 
 def render_md(r: dict) -> str:
-    """The markdown report."""
-    lat = r["latency_s"]
-    rows = [
-        ("experts", f"{r['experts']} ({r['unit']} units)"),
-        ("clients × duration", f"{r['clients']} × {r['duration_s']:.0f} s (wall {r['wall_s']} s), "
-                               f"max_tokens {r['max_tokens']}, fault rate {r['fault_rate']}"),
-        ("requests answered (normal)", str(r["requests"])),
-        ("throughput", f"{r['throughput_rps']} req/s, {r['generated_units_per_s']} generated units/s"),
-        ("latency p50 / p90 / p99 / max", f"{lat['p50']} / {lat['p90']} / {lat['p99']} / {lat['max']} s"),
-        ("status codes (normal requests)", json.dumps(r["status"])),
-        ("5xx (all requests)", str(r["http_5xx"])),
-        ("mismatches vs. the same request alone", str(r["mismatches"])),
-        ("lost responses (connection errors)", str(r["lost"])),
-        ("faults injected → status", ", ".join(f"{k} ×{v}" for k, v in sorted(r["faults"].items()))),
-        ("batching during load", f"{r['batching']['jobs']} requests in {r['batching']['batches']} batches "
-                                 f"({r['batching']['jobs_per_batch']} per batch), {r['batching']['engine_calls']} "
-                                 "decode calls"),
-        ("server RSS after start / before load / after load",
-         f"{r['rss_mb']['after_start']} / {r['rss_mb']['before_load']} / {r['rss_mb']['after_load']} MB"),
-        ("alive after load; exit code after SIGTERM",
-         f"{r['server_alive_after_load']}; {r['exit_code_after_sigterm']}"),
-    ]
-    out = ["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
-    out.append("")
-    out.append("p50 latency by request kind: " + ", ".join(f"{k} {v} s" for k, v in r["latency_p50_by_request"].items()))
-    out.append(f"Machine: {r['machine']['cpus']} CPUs, Python {r['machine']['python']}, server torch threads "
-               f"{r['server_threads']}; server start-up {r['startup_s']} s.")
+    """The markdown report: one row per (policy, clients)."""
+    out = [f"Experts {r['experts']} ({', '.join(r['expert_dirs'])}; {r['unit']} units), {r['duration_s']:.0f} s per "
+           f"phase, max_tokens {r['max_tokens']}, fault rate {r['fault_rate']}, server torch threads "
+           f"{r['server_threads']}. Machine: {r['machine']['cpus']} CPUs ({r['machine']['note']}).", "",
+           "| batching | clients | requests | req/s | units/s | p50 s | p99 s | errors (non-200) | 5xx | mismatches "
+           "| lost | max rows in a step | steps | exit on SIGTERM |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for x in r["runs"]:
+        lat = x["latency_s"]
+        out.append(f"| {x['policy']} | {x['clients']} | {x['requests']} | {x['throughput_rps']} | "
+                   f"{x['generated_units_per_s']} | {lat['p50']} | {lat['p99']} | {x['errors']} | {x['http_5xx']} | "
+                   f"{x['mismatches']} | {x['lost']} | {x['engine']['max_running_rows']} | {x['engine']['steps']} | "
+                   f"{x.get('exit_code_after_sigterm')} |")
+    faults = {}
+    for x in r["runs"]:
+        for k, v in x["faults"].items():
+            faults[k] = faults.get(k, 0) + v
+    if faults:
+        out += ["", "Faults injected → status: " + ", ".join(f"{k} ×{v}" for k, v in sorted(faults.items()))]
     return "\n".join(out)
 
 

@@ -11,7 +11,7 @@ def call(server, method: str, path: str, body=None, headers: dict | None = None,
          timeout: float = 60):
     """One request to ``server`` (path relative to the host, e.g. "/v1/completions").
 
-    Returns (status, parsed JSON or text, response headers).
+    Returns (status, parsed JSON or text, response headers: case-insensitive, like HTTP's).
     """
     u = urlsplit(server.url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
@@ -26,8 +26,8 @@ def call(server, method: str, path: str, body=None, headers: dict | None = None,
         text = resp.read().decode("utf-8")
         ctype = resp.getheader("Content-Type") or ""
         if ctype.startswith("application/json"):
-            return resp.status, json.loads(text), dict(resp.getheaders())
-        return resp.status, text, dict(resp.getheaders())
+            return resp.status, json.loads(text), resp.headers
+        return resp.status, text, resp.headers
     finally:
         conn.close()
 

@@ -139,7 +139,8 @@ def test_completion_greedy_equals_ensemble(tok, ref_tok):
     e = ref_tok.experts[0]
     assert body["usage"] == {"prompt_tokens": sum(len(e.encode(p)) for p in prompts),
                              "completion_tokens": sum(len(g.units) for g in want),
-                             "total_tokens": sum(len(e.encode(p)) for p in prompts) + sum(len(g.units) for g in want)}
+                             "total_tokens": sum(len(e.encode(p)) for p in prompts) + sum(len(g.units) for g in want),
+                             "unit": "tokens of mistral_bl2's tokenizer"}
 
 
 def test_completion_logprobs_are_the_mixture(tok, ref_tok):
@@ -158,11 +159,10 @@ def test_completion_logprobs_are_the_mixture(tok, ref_tok):
     best = np.argsort(-ref)[:3]
     np.testing.assert_allclose(vals[:3], ref[best], atol=1e-4)
     assert math.isclose(lp["token_logprobs"][0], ref.max(), abs_tol=1e-4)  # greedy = argmax
-    # text_offset: cumulative lengths of the token strings.
-    offs = [0]
-    for t in lp["tokens"][:-1]:
-        offs.append(offs[-1] + len(t))
-    assert lp["text_offset"] == offs
+    # text_offset indexes into the returned text: the length of the text of the units before.
+    dec = ref_tok.experts[0].tokenizer
+    assert lp["text_offset"] == [len(dec.decode(want.units[:i], skip_special_tokens=True))
+                                 for i in range(len(want.units))]
 
 
 def test_echo_scores_equal_ensemble_logprob(tok, ref_tok):
@@ -263,7 +263,7 @@ def test_streaming_completion_equals_plain(tok):
     assert st == 200
     st, text, headers = call(tok, "POST", "/v1/completions", {**req, "stream": True,
                                                               "stream_options": {"include_usage": True}})
-    assert st == 200 and headers["Content-Type"] == "text/event-stream"
+    assert st == 200 and headers["Content-Type"].startswith("text/event-stream")
     events = sse_events(text)
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
@@ -329,12 +329,17 @@ def test_byte_units(byte, ref_byte):
     assert body["choices"][0]["message"]["content"] == want.text
     for c, u in zip(body["choices"][0]["logprobs"]["content"], want.units):
         assert c["bytes"] == ([u] if u < 256 else None)
-    # Token-id prompts need token units.
-    st, body = post(byte, "/completions", {"prompt": [1, 2, 3]})
-    assert st == 400 and "token ids" in body["error"]["message"]
-    # No single tokenizer.
+    # Token ids of byte units are the byte tokenizer's: byte values, 256 (STOP) only first.
+    by_text = post(byte, "/completions", {"prompt": "Hi", "max_tokens": 3, "temperature": 0})[1]
+    st, by_ids = post(byte, "/completions", {"prompt": [256, 72, 105], "max_tokens": 3, "temperature": 0})
+    assert st == 200 and by_ids["choices"][0]["text"] == by_text["choices"][0]["text"]
+    st, body = post(byte, "/completions", {"prompt": [72, 256]})
+    assert st == 400 and "only be the first" in body["error"]["message"]
+    st, body = post(byte, "/completions", {"prompt": [0xFF, 72]})
+    assert st == 400 and "UTF-8" in body["error"]["message"]
+    # The byte tokenizer is served as tokenizer files.
     st, body, _ = call(byte, "GET", "/v1/models/byte/tokenizer")
-    assert st == 404 and body["error"]["code"] == "no_single_tokenizer"
+    assert st == 200 and body["unit"] == "byte" and body["vocab_size"] == 257 and "tokenizer.json" in body["files"]
 
 
 def test_byte_echo_equals_table(byte, ref_byte):
@@ -500,23 +505,21 @@ def test_malformed_bodies_and_server_survives(tok):
 
 
 def test_internal_error_is_500_and_server_keeps_running(tok, monkeypatch):
-    import logit_swarm.serve.batcher as B
-
-    real = B.generate_rows
+    from logit_swarm.serve.engine import StepDecoder
 
     def broken(*a, **k):
         raise RuntimeError("simulated engine failure")
 
-    monkeypatch.setattr(B, "generate_rows", broken)
+    monkeypatch.setattr(StepDecoder, "step", broken)
     st, resp = post(tok, "/completions", {"prompt": "Hello", "max_tokens": 2})
     assert st == 500 and "simulated engine failure" in resp["error"]["message"]
     assert resp["error"]["type"] == "server_error"
-    monkeypatch.setattr(B, "generate_rows", real)
+    monkeypatch.undo()
     st, resp = post(tok, "/completions", {"prompt": "Hello", "max_tokens": 2})
     assert st == 200 and tok.batcher.alive
 
 
-def test_api_key_and_chat_template_required(single):
+def test_api_key_and_default_chat_template(single, tiny_dirs):
     body = {"prompt": "Hello", "max_tokens": 2}
     assert post(single, "/completions", body)[0] == 401
     st, resp = post(single, "/completions", body, headers={"Authorization": "Bearer wrong"})
@@ -524,8 +527,19 @@ def test_api_key_and_chat_template_required(single):
     assert call(single, "GET", "/v1/models")[0] == 401
     assert call(single, "GET", "/health")[0] == 200
     assert post(single, "/completions", body, headers=AUTH)[0] == 200
-    st, resp = post(single, "/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, headers=AUTH)
-    assert st == 400 and "chat template" in resp["error"]["message"]
+    # gpt2_a has no chat template: the documented default transcript template renders the messages.
+    from logit_swarm.serve.chat import DEFAULT_CHAT_TEMPLATE, ChatRenderer
+
+    msgs = [{"role": "user", "content": "hi"}]
+    st, resp = post(single, "/chat/completions", {"messages": msgs, "max_tokens": 5, "temperature": 0}, headers=AUTH)
+    assert st == 200, resp
+    e = ls.load_expert(tiny_dirs["gpt2_a"])
+    r = ChatRenderer([e])
+    assert r.source == DEFAULT_CHAT_TEMPLATE and r.fallback == ["gpt2_a"] and "no chat template" in r.warning()
+    text = r.text(e, msgs)
+    assert text == "user: hi\nassistant:"
+    want = ls.Ensemble([e]).generate([text], max_new_tokens=5)[0]
+    assert resp["choices"][0]["message"]["content"] == want
 
 
 def test_tokenizer_endpoint(single, tok, tmp_path):

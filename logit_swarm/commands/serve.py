@@ -29,7 +29,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "serve", help="OpenAI-compatible HTTP server (completions, chat, logprobs) of a recipe or experts",
         description="Serve an ensemble over HTTP with the OpenAI API: /v1/models, /v1/completions, "
-        "/v1/chat/completions (streaming, logprobs, echo, token-id prompts) and /v1/models/{model}/tokenizer. "
+        "/v1/chat/completions (streaming, logprobs, echo, token-id prompts), /tokenize, /detokenize, "
+        "/tokenizer_info, /metrics, /docs and a playground page at /. "
         "Give a recipe, or expert directories (one zoo expert can be served alone).",
     )
     src = p.add_mutually_exclusive_group(required=True)
@@ -48,9 +49,22 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    "experts' names joined by '+')")
     p.add_argument("--device", default="cpu", help="device for the experts (default cpu)")
     p.add_argument("--batch-window-ms", type=float, default=5.0,
-                   help="how long to wait for more requests to batch with the first one (default 5 ms)")
+                   help="with --batching static: how long a batch waits for more requests (default 5 ms)")
     p.add_argument("--max-batch-rows", type=int, default=64,
-                   help="the most rows (prompts × n) one batch decodes, also the per-request limit (default 64)")
+                   help="the most rows (prompts × n) decoded together (default 64); more wait in the queue")
+    p.add_argument("--batching", choices=["continuous", "static", "sequential"], default="continuous",
+                   help="continuous (default): requests join the running batch at the next step; static: a "
+                   "batch runs to its end while new requests wait (for comparison); sequential: one at a time")
+    p.add_argument("--join-every", type=int, default=8,
+                   help="continuous batching: while rows decode, new requests join every N steps, their "
+                   "prefills batched together (default 8; 1 = every step)")
+    p.add_argument("--max-queue", type=int, default=1024,
+                   help="requests that may wait before the server answers 429 (default 1024)")
+    p.add_argument("--max-request-rows", type=int, default=512,
+                   help="rows (prompts × n) one request may ask for (default 512)")
+    p.add_argument("--chat-template", metavar="FILE",
+                   help="Jinja chat template for experts without one (default: a plain 'role: content' "
+                   "transcript, see logit_swarm/serve/chat.py)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no access log on stderr")
     add_truncation_argument(p)
@@ -68,8 +82,11 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     if args.max_logprobs < -1:
         raise ValueError(f"--max-logprobs must be ≥ 0, or -1 for no cap; got {args.max_logprobs}")
-    if args.max_batch_rows < 1:
-        raise ValueError(f"--max-batch-rows must be ≥ 1, got {args.max_batch_rows}")
+    for name in ("max_batch_rows", "max_queue", "max_request_rows", "join_every"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
+    if args.chat_template and not Path(args.chat_template).is_file():
+        raise ValueError(f"--chat-template {args.chat_template}: no such file; give a Jinja template file")
     if args.batch_window_ms < 0:
         raise ValueError(f"--batch-window-ms must be ≥ 0, got {args.batch_window_ms}")
 
@@ -84,7 +101,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import logit_swarm as ls
-    from logit_swarm.serve.server import make_server, print_banner
+
+    try:
+        from logit_swarm.serve.server import make_server, print_banner
+    except ImportError as exc:  # fastapi / uvicorn / prometheus-client live in the `serve` extra
+        raise ValueError(f"serving needs the 'serve' extra ({exc.name} is missing): "
+                         "pip install 'logit_swarm[serve]'") from None
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,7 +125,11 @@ def run(args: argparse.Namespace) -> int:
         say(f"warning: listening on {args.host} without --api-key: anyone who can reach it can use it")
     server = make_server(ens, host=args.host, port=args.port, api_key=args.api_key,
                          max_logprobs=args.max_logprobs, model_name=name, batch_window_ms=args.batch_window_ms,
-                         max_batch_rows=args.max_batch_rows, log=None if args.quiet else say)
+                         max_batch_rows=args.max_batch_rows, log=None if args.quiet else say,
+                         batching=args.batching, max_queue=args.max_queue, max_request_rows=args.max_request_rows,
+                         chat_template=args.chat_template, join_every=args.join_every)
+    if server.chat.warning():
+        say(server.chat.warning())
     stopping = threading.Event()
 
     def on_signal(signum, frame):
@@ -116,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    server.start()
     print_banner(server)
-    server.serve_forever()
+    server.wait()
     say("stopped")
     return 0

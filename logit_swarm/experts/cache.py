@@ -95,8 +95,14 @@ class NodeStore:
     def gather(self, parents: list[int]):
         """Keys, values, mask and next positions for ``parents``, left-padded to one length.
 
-        Returns (keys, values, mask, next_pos) with batch dimension len(parents).
+        Returns (keys, values, mask, next_pos) with batch dimension len(parents). Leading columns
+        that are padding for every returned row are cut off (views, no copy): without that, a
+        batch that rows keep joining and leaving (the server's continuous batching) would carry
+        the padding of rows long gone and grow one column per step.
         """
+        return _trim(*self._gather(parents))
+
+    def _gather(self, parents: list[int]):
         locs = [self._where[p] for p in parents]
         gids = [g for g, _ in locs]
         first = gids[0]
@@ -150,6 +156,16 @@ class NodeStore:
         mask = torch.cat(parts_m, 0).index_select(0, inv)
         next_pos = torch.cat(parts_p, 0).index_select(0, inv)
         return keys, values, mask, next_pos
+
+
+def _trim(keys, values, mask, next_pos):
+    """Drop the leading columns that are padding in every row (positions are explicit ids, so the
+    column index carries no meaning)."""
+    live = mask.any(dim=0)
+    if mask.shape[1] == 0 or bool(live[0]):
+        return keys, values, mask, next_pos
+    first = int(live.long().argmax()) if bool(live.any()) else mask.shape[1]
+    return ([k[:, :, first:] for k in keys], [v[:, :, first:] for v in values], mask[:, first:], next_pos)
 
 
 def _left_pad(t: torch.Tensor, pad: int) -> torch.Tensor:

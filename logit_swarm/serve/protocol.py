@@ -2,7 +2,7 @@
 
 Nothing here touches a model or a tokenizer object, so it runs in any HTTP thread. What needs
 the models (tokenizing, context-window checks, decoding) happens in the batching worker
-(batcher.py). The protocol itself (fields, units, conventions) is documented in
+(scheduler.py). The protocol itself (fields, units, conventions) is documented in
 ``logit_swarm/serve/__init__.py``.
 """
 
@@ -21,6 +21,8 @@ NEG_INF_LOGPROB = -9999.0
 DEFAULT_COMPLETION_MAX_TOKENS = 16
 #: The name of the byte-level STOP unit in token strings.
 STOP_STRING = "<|stop|>"
+#: The byte-level STOP unit's id (also the byte tokenizer's BOS / EOS).
+STOP_ID = 256
 #: Largest seed accepted as is; other integers are taken modulo 2**64 (numpy seeds are unsigned).
 SEED_MOD = 2**64
 
@@ -63,6 +65,9 @@ class ServedModel:
         max_logprobs: the cap on ``logprobs`` / ``top_logprobs`` (-1 = no cap).
         max_rows: the most rows (prompts × n) one request may ask for.
         expert_names: the experts' names, for messages.
+        max_model_len: the smallest context window among the experts (None = unbounded), in
+            tokens; for byte units a byte can cost one token, so it is also a safe byte bound.
+        usage_unit: what ``usage`` counts, e.g. "tokens of mistral_bl2's tokenizer" or "bytes".
     """
 
     name: str
@@ -72,8 +77,10 @@ class ServedModel:
     weights: list[float]
     mode: str
     max_logprobs: int = 20
-    max_rows: int = 64
+    max_rows: int = 512
     expert_names: list[str] = field(default_factory=list)
+    max_model_len: int | None = None
+    usage_unit: str = "tokens"
 
 
 @dataclass
@@ -101,6 +108,8 @@ class GenRequest:
     token_ids: bool = False  # return_tokens_as_token_ids
     weights: np.ndarray | None = None  # [N] or None for the ensemble's
     mode: str = "probs"
+    bos: list[bool] = field(default_factory=list)  # per prompt: byte ids that started with STOP (256)
+    expert_logprobs: bool = False  # extension: per-unit log-probs of every expert
 
     @property
     def n_rows(self) -> int:
@@ -171,7 +180,8 @@ def _get_num(body: dict, name: str, default: float) -> float:
     return float(v)
 
 
-def _check_model(body: dict, served: ServedModel) -> None:
+def check_model_field(body: dict, served: ServedModel) -> None:
+    """404 when the body names a model other than the served one (a missing model means it)."""
     m = body.get("model")
     if m is None:
         return  # like vLLM: a missing model means the served one
@@ -195,7 +205,7 @@ def _common(body: dict, served: ServedModel, req: GenRequest) -> None:
     req.n = _get_int(body, "n", 1, lo=1)
     if req.n_rows > served.max_rows:
         raise bad(f"this request asks for {req.n_rows} rows (prompts × n) but the server takes at most "
-                  f"{served.max_rows} per request; split it", "n")
+                  f"{served.max_rows} per request (--max-request-rows); split it", "n" if req.n > 1 else "prompt")
     req.temperature = _get_num(body, "temperature", 1.0)
     if req.temperature < 0:
         raise bad(f"'temperature' must be ≥ 0 (0 = greedy), got {req.temperature}", "temperature")
@@ -224,6 +234,7 @@ def _common(body: dict, served: ServedModel, req: GenRequest) -> None:
             raise bad("'stream_options' is only allowed with stream: true", "stream_options")
         req.include_usage = _get_bool(so, "include_usage")
     req.token_ids = _get_bool(body, "return_tokens_as_token_ids")
+    req.expert_logprobs = _get_bool(body, "return_expert_logprobs")
     mode = body.get("mode")
     if mode is None:
         req.mode = served.mode
@@ -275,7 +286,7 @@ def parse_completion(body, served: ServedModel) -> GenRequest:
     """Validate a ``/v1/completions`` body; raises :class:`ApiError` on any problem."""
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
-    _check_model(body, served)
+    check_model_field(body, served)
     req = GenRequest(kind="completion", prompts=[])
     p = body.get("prompt")
     if p is None:
@@ -291,14 +302,18 @@ def parse_completion(body, served: ServedModel) -> GenRequest:
     else:
         raise bad("'prompt' must be a string, a list of strings, a non-empty list of token ids, or a list "
                   "of such lists", "prompt")
+    req.bos = [False] * len(prompts)
     if any(isinstance(x, list) for x in prompts):
-        if served.unit != "token":
-            raise bad("prompts given as token ids need a model whose experts share one tokenizer; this "
-                      "model mixes bytes (its experts' tokenizers differ), so send text", "prompt")
         for x in prompts:
             badid = [t for t in x if not 0 <= t < served.n_units]
             if badid:
                 raise bad(f"token id {badid[0]} is outside the vocabulary (0..{served.n_units - 1})", "prompt")
+        if served.unit == "byte":
+            prompts, req.bos = zip(*(byte_ids_to_text(x) for x in prompts))
+            prompts, req.bos = list(prompts), list(req.bos)
+    if any(isinstance(x, str) and x == "" and not b for x, b in zip(prompts, req.bos)):
+        raise bad("the prompt is empty; send at least one character (or token id). To score a text from its "
+                  "start, echo it as the prompt with max_tokens 0", "prompt")
     req.prompts = prompts
     req.max_tokens = _get_int(body, "max_tokens", None, lo=0)
     req.echo = _get_bool(body, "echo")
@@ -315,6 +330,20 @@ def parse_completion(body, served: ServedModel) -> GenRequest:
         raise bad("'max_tokens' is 0 and 'echo' is false: nothing to return", "max_tokens")
     _check_unsupported(body, {"suffix": lambda v: v == ""})
     return req
+
+
+def byte_ids_to_text(ids: list[int]) -> tuple[str, bool]:
+    """A byte-unit prompt sent as ids (the byte tokenizer's: 0..255 bytes, 256 = STOP/BOS): its
+    text, and whether it started with STOP (which may only come first); 400 otherwise."""
+    bos = ids[0] == STOP_ID
+    body = ids[1:] if bos else ids
+    if STOP_ID in body:
+        raise bad(f"token id {STOP_ID} (STOP / BOS of the byte tokenizer) may only be the first id of a prompt",
+                  "prompt")
+    try:
+        return bytes(body).decode("utf-8"), bos
+    except UnicodeDecodeError as exc:
+        raise bad(f"the prompt's byte ids are not valid UTF-8 ({exc}); send whole characters", "prompt") from None
 
 
 def _message_text(content, i: int) -> str:
@@ -335,7 +364,7 @@ def parse_chat(body, served: ServedModel) -> GenRequest:
     """Validate a ``/v1/chat/completions`` body; raises :class:`ApiError` on any problem."""
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
-    _check_model(body, served)
+    check_model_field(body, served)
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise bad("'messages' must be a non-empty list of {role, content} objects", "messages")
@@ -431,17 +460,16 @@ def now() -> int:
     return int(time.time())
 
 
-def completion_logprobs(units, lps, tops, table: UnitTable, as_ids: bool, offset0: int = 0) -> dict:
+def completion_logprobs(units, lps, tops, table: UnitTable, as_ids: bool, offsets: list[int]) -> dict:
     """vLLM/OpenAI ``CompletionLogProbs`` of a run of units.
 
     ``lps[i]`` is the unit's log-prob (None for the first echoed prompt unit); ``tops[i]`` a list
     of (unit, logprob) sorted best first, or None. The chosen unit is added to its top dict when it
     is not among the top k (so a dict has up to k+1 entries); keys that show alike keep the first
-    (most probable) value. ``text_offset`` counts characters of the units' text strings (also when
-    they are shown as ``token_id:N``) from ``offset0``.
+    (most probable) value. ``offsets`` is each unit's ``text_offset``: where its text starts in
+    the returned text (see StepDecoder.prefix_lengths).
     """
-    tokens, token_lps, top_out, offsets = [], [], [], []
-    off = offset0
+    tokens, token_lps, top_out = [], [], []
     for u, lp, top in zip(units, lps, tops):
         s = table.string(u, as_ids)
         tokens.append(s)
@@ -452,11 +480,10 @@ def completion_logprobs(units, lps, tops, table: UnitTable, as_ids: bool, offset
             d: dict[str, float] = {}
             for v, vlp in top:
                 d.setdefault(table.string(v, as_ids), clean_lp(vlp))
-            d.setdefault(s, clean_lp(lp))
+            if lp is not None:
+                d.setdefault(s, clean_lp(lp))
             top_out.append(d)
-        offsets.append(off)
-        off += len(table.string(u))  # the text string, also when shown as token_id:N
-    return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": top_out, "text_offset": offsets}
+    return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": top_out, "text_offset": list(offsets)}
 
 
 def chat_logprobs(units, lps, tops, table: UnitTable, as_ids: bool) -> dict:
@@ -473,10 +500,10 @@ def chat_logprobs(units, lps, tops, table: UnitTable, as_ids: bool) -> dict:
     return {"content": content}
 
 
-def usage(prompt_units: int, completion_units: int) -> dict:
-    """The ``usage`` object."""
+def usage(prompt_units: int, completion_units: int, unit: str) -> dict:
+    """The ``usage`` object; ``unit`` (extension) says what its counts count."""
     return {"prompt_tokens": int(prompt_units), "completion_tokens": int(completion_units),
-            "total_tokens": int(prompt_units + completion_units)}
+            "total_tokens": int(prompt_units + completion_units), "unit": unit}
 
 
 def models_list(served: ServedModel, created: int) -> dict:
@@ -488,4 +515,5 @@ def model_card(served: ServedModel, created: int) -> dict:
     """One model object (``GET /v1/models/{model}``), with logit_swarm's extra fields."""
     return {"id": served.name, "object": "model", "created": created, "owned_by": "logit_swarm",
             "unit": served.unit, "mode": served.mode, "weights": list(served.weights),
-            "experts": list(served.expert_names), "max_logprobs": served.max_logprobs}
+            "experts": list(served.expert_names), "max_logprobs": served.max_logprobs,
+            "max_model_len": served.max_model_len, "root": served.name}
