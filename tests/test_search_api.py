@@ -210,7 +210,7 @@ def test_compare_uses_test_only_after_every_dev_choice(pair, tmp_path, monkeypat
     for name in names:  # one line per method x split x question
         for split, n in (("dev", len(MC)), ("test", len(MC))):
             got = [x for x in lines if x["method"] == name and x["split"] == split]
-            assert sorted(x["question"] for x in got) == sorted(str(i) for i in range(n))
+            assert sorted(x["question"] for x in got) == sorted(f"{split}-{i}" for i in range(n))
             assert all(x["correct"] in (True, False) for x in got)
     row = res.row("swarm")
     swarm_dev = np.mean([x["score"] for x in lines if x["method"] == "swarm" and x["split"] == "dev"])

@@ -165,7 +165,11 @@ def _trim(keys, values, mask, next_pos):
     if mask.shape[1] == 0 or bool(live[0]):
         return keys, values, mask, next_pos
     first = int(live.long().argmax()) if bool(live.any()) else mask.shape[1]
-    return ([k[:, :, first:] for k in keys], [v[:, :, first:] for v in values], mask[:, first:], next_pos)
+    keep = mask.shape[1] - first
+    # Layers are right-aligned with the mask; a sliding-window layer may hold fewer columns than
+    # the mask, so each layer keeps at most its last ``keep`` columns.
+    return ([k[:, :, max(0, k.shape[2] - keep):] for k in keys], [v[:, :, max(0, v.shape[2] - keep):] for v in values],
+            mask[:, first:], next_pos)
 
 
 def _left_pad(t: torch.Tensor, pad: int) -> torch.Tensor:

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from ..align.bytes import STOP as BYTE_STOP
-from ..align.bytes import ByteTrack, split_prompt
+from ..align.bytes import split_prompt
+from ..align.view import make_byte_track
 from ..decode import Generation, TokenTrack
 from ..mixing import greedy_probs, mix_logprobs, sample_units
 
@@ -103,7 +104,7 @@ class StepDecoder:
             self.tracks = [TokenTrack(e) for e in self.experts]
             self.stop_units = {s for e in self.experts for s in e.stop_ids}
         else:
-            self.tracks = [ByteTrack(e, beam=byte_beam, prune=byte_prune) for e in self.experts]
+            self.tracks = [make_byte_track(e, beam=byte_beam, prune=byte_prune) for e in self.experts]
             self.stop_units = {BYTE_STOP}
         self.tokenizer = self.experts[0].tokenizer if unit == "token" else None
         self.rows: dict[int, _Row] = {}
