@@ -248,14 +248,16 @@ def generate_rows(
     tracks, states = [], []  # states[e][key] = that expert's state for state key
     try:
         for e in experts:
-            ids = [prompt_ids_for(e, p) for p in uniq_prompts]
-            ids = [_truncate(e, x, reserve[i] if unit == "token" else 0, truncation) for i, x in enumerate(ids)]
+            raw = [prompt_ids_for(e, p) for p in uniq_prompts]
+            ids = [_truncate(e, x, reserve[i] if unit == "token" else 0, truncation) for i, x in enumerate(raw)]
             if unit == "token":
                 tr = TokenTrack(e)
                 st = tr.start(ids)
             else:
                 tr = ByteTrack(e, beam=byte_beam, prune=byte_prune)
-                splits = [split_prompt(e, x, isinstance(p, str) and p == "") for x, p in zip(ids, uniq_prompts)]
+                # A plain-text prompt that was not truncated is covered from its text (align/bytes.py).
+                splits = [split_prompt(e, x, text=p if isinstance(p, str) and len(x) == len(r) else None)
+                          for x, r, p in zip(ids, raw, uniq_prompts)]
                 st = tr.start([h for h, _ in splits], [t for _, t in splits])
             tracks.append(tr)
             states.append(dict(enumerate(st)))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .align.bytes import ByteTrack, split_prompt
+from .align.bytes import ByteTrack, text_prompt
 from .mixing import LOGP_FLOOR, check_mode, normalised_probs_weights
 
 
@@ -188,11 +188,11 @@ def token_tables(experts, contexts, continuations, keep_full: bool = False):
 
 def byte_tables(experts, contexts, continuations, keep_full: bool = False, beam=8, prune=1e-4):
     """Per-expert unit log-probs (and optionally full 257-way distributions) at byte level."""
-    conts = [c.encode("utf-8") for c in continuations]
+    conts = [c if isinstance(c, bytes) else c.encode("utf-8") for c in continuations]
     per_expert_lp, per_expert_full = [], []
     for e in experts:
         tr = ByteTrack(e, beam=beam, prune=prune)
-        splits = [split_prompt(e, e.encode(c), c == "") for c in contexts]
+        splits = [text_prompt(e, c) for c in contexts]
         states = tr.start([h for h, _ in splits], [t for _, t in splits])
         lp_units = [np.zeros(len(c)) for c in conts]
         full_units = [np.zeros((len(c), 257)) for c in conts] if keep_full else None
