@@ -151,6 +151,7 @@ class ByteTrack:
         self.reanchored = 0  # states re-anchored on a greedy tokenization (last resort)
         self._spelling = None  # (bytes -> token id, longest token) for re-anchoring
         self._refs: dict[int, int] = {}
+        self._narrow_memo: dict[tuple[int, int, int], tuple[int, int, int]] = {}
         sid = torch.as_tensor(self.vb.sorted_ids)
         self._sorted_ids_t = sid
         self._first_sorted = torch.as_tensor(self.vb.byte_table[:, 0].astype(np.int64))
@@ -251,23 +252,27 @@ class ByteTrack:
         return out
 
     def _mass(self, st: ByteState) -> np.ndarray:
-        """Unnormalised 257 masses of the next unit from the live paths of ``st``."""
+        """Unnormalised 257 masses of the next unit from the live paths of ``st``.
+
+        Paths at a token boundary add their node's precomputed first-byte bins; the in-flight
+        ones are binned together in one bincount over their vocabulary slices."""
         cols = self._cols_shift
         max_len = cols.shape[0]
         mass = np.zeros(N_UNITS)
+        idx, wts = [], []
         for p in st.paths:
             if p.tok >= 0:
                 continue  # dormant: no mass until revived
             m = st.n - p.j
-            scale = math.exp(p.logp)
             if m == 0:
-                mass += scale * self._bins0[p.node]
-                continue
-            if m >= max_len:
-                continue
-            w = np.exp(self._lp_sorted[p.node][p.lo : p.hi].astype(np.float64))
-            # Bin 0 collects tokens equal to y[j:n] (they ended; their mass lives in later paths).
-            mass[:256] += scale * np.bincount(cols[m, p.lo : p.hi], weights=w, minlength=257)[1:]
+                mass += math.exp(p.logp) * self._bins0[p.node]
+            elif m < max_len:
+                # Bin 0 collects tokens equal to y[j:n] (they ended; their mass lives in later paths).
+                idx.append(cols[m, p.lo : p.hi])
+                wts.append(self._lp_sorted[p.node][p.lo : p.hi].astype(np.float64) + p.logp)
+        if idx:
+            w = np.exp(np.concatenate(wts))
+            mass[:256] += np.bincount(np.concatenate(idx), weights=w, minlength=257)[1:257]
         return mass
 
     def _revive(self, states: list[ByteState]) -> None:
@@ -405,30 +410,43 @@ class ByteTrack:
         self._drop_unused(new_nodes)
         return out
 
+    def _narrow(self, m: int, lo: int, hi: int, b: int) -> tuple[int, int, int]:
+        """The sorted-vocabulary range [lo', hi') of tokens in [lo, hi) whose byte m is ``b``, and
+        the end e of those among them that end there (length m + 1). Memoised: the ranges are
+        the nodes of the vocabulary's byte trie, shared by every path, row and step."""
+        key = (m, lo, b)
+        got = self._narrow_memo.get(key)
+        if got is None:
+            col = self._cols[m, lo:hi]
+            a = lo + int(np.searchsorted(col, b, side="left"))
+            z = lo + int(np.searchsorted(col, b, side="right"))
+            e, lengths = a, self.vb.lengths
+            while e < z and lengths[e] == m + 1:
+                e += 1
+            got = self._narrow_memo[key] = (a, e, z)
+        return got
+
     def _plan(self, st: ByteState, b: int):
         """What appending byte ``b`` does to ``st``: (kept paths, new candidates to run, dormant)."""
-        cols, lengths, sorted_ids = self._cols, self.vb.lengths, self.vb.sorted_ids
-        max_len = cols.shape[0]
+        sorted_ids = self.vb.sorted_ids
+        max_len = self._cols.shape[0]
         kept, cands, dormant = [], [], []
         flight = 0.0  # in-flight mass (relative to the state's reference path)
         for p in st.paths:
             m = st.n - p.j
             if m >= max_len:
                 continue
-            col = cols[m, p.lo : p.hi]
-            lo = p.lo + int(np.searchsorted(col, b, side="left"))
-            hi = p.lo + int(np.searchsorted(col, b, side="right"))
+            lo, e, hi = self._narrow(m, p.lo, p.hi, b)
             if lo >= hi:
                 continue
             if p.tok >= 0:  # dormant: only its token range follows the text
                 dormant.append(_Path(p.node, p.j, p.logp, lo, hi, p.tok))
                 continue
-            # Tokens exactly y[j:n+1] sit first in the range (shorter sorts first).
-            e = lo
-            while e < hi and lengths[e] == m + 1:
-                tok = int(sorted_ids[e])
-                cands.append((p.logp + float(self._lp_sorted[p.node][e]), p.node, tok))
-                e += 1
+            # Tokens exactly y[j:n+1] sit first in the range, [lo, e) (shorter sorts first).
+            if e > lo:
+                lp_node = self._lp_sorted[p.node]
+                for q in range(lo, e):
+                    cands.append((p.logp + float(lp_node[q]), p.node, int(sorted_ids[q])))
             if e < hi:
                 kept.append(_Path(p.node, p.j, p.logp, e, hi))
                 cum = self._cum[p.node]
