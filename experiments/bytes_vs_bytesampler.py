@@ -52,8 +52,8 @@ def load_peer():
     """ByteSampler's module, or None (it is optional: a peer, never a dependency)."""
     try:
         sys.path.insert(0, str(PEER))
-        import compat_transformers5  # noqa: F401  (maps transformers-4 cache names, see SOURCE.md)
         import byte_sampling
+        import compat_transformers5  # noqa: F401  (maps transformers-4 cache names, see SOURCE.md)
     except ImportError as exc:
         print(f"ByteSampler not available ({exc}); install it as ../shared/peers/byte-sampler/SOURCE.md says")
         return None
@@ -149,21 +149,36 @@ def timings(bs_mod, zoo, bcs_of, n_bytes: int, repeats: int) -> list[dict]:
     for k in (2, 3):
         for batch in (1, 8):
             prompts = (PROMPTS * 2)[:batch]
+            runs = [("ours_byte", time_ours, ([zoo[x] for x in pools[k]], prompts, n_bytes)),
+                    ("shared_token", time_ours, ([zoo[x] for x in shared[k]], prompts, n_tok, "token")),
+                    ("shared_byte", time_ours, ([zoo[x] for x in shared[k]], prompts, n_bytes, "byte"))]
+            if bs_mod is not None:
+                runs.append(("bytesampler", time_peer, (bs_mod, [bcs_of[x] for x in pools[k]], prompts, n_bytes)))
             best: dict[str, float] = {}
             for _ in range(repeats):
-                runs = {
-                    "ours_byte": lambda: time_ours([zoo[x] for x in pools[k]], prompts, n_bytes),
-                    "shared_token": lambda: time_ours([zoo[x] for x in shared[k]], prompts, n_tok, "token"),
-                    "shared_byte": lambda: time_ours([zoo[x] for x in shared[k]], prompts, n_bytes, "byte"),
-                }
-                if bs_mod is not None:
-                    runs["bytesampler"] = lambda: time_peer(bs_mod, [bcs_of[x] for x in pools[k]], prompts, n_bytes)
-                for name, fn in runs.items():
-                    best[name] = min(best.get(name, np.inf), fn())
+                for name, fn, fn_args in runs:
+                    best[name] = min(best.get(name, np.inf), fn(*fn_args))
             row = {"experts": k, "batch": batch, **{f"{m}_ms_per_byte": 1000 * v for m, v in best.items()}}
             rows.append(row)
             print(row, flush=True)
     return rows
+
+
+def profile_byte_path(zoo, n_bytes: int, batch: int = 8) -> str:
+    """cProfile of byte-level generation (code + math, ``batch`` rows): where a byte step goes."""
+    import cProfile
+    import io
+    import pstats
+
+    ens = ls.Ensemble([zoo["code"], zoo["math"]])
+    prompts = (PROMPTS * 2)[:batch]
+    pr = cProfile.Profile()
+    pr.enable()
+    ens.generate(prompts, max_new_tokens=n_bytes)
+    pr.disable()
+    buf = io.StringIO()
+    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(20)
+    return buf.getvalue()
 
 
 def write_md(res: dict) -> str:
@@ -173,9 +188,9 @@ def write_md(res: dict) -> str:
              "| experts | batch | logit_swarm byte | ByteSampler | shared-tokenizer experts: token level | same, byte level |",
              "|---|---|---|---|---|---|"]
     for r in res["timing"]:
-        g = lambda k: f"{r[k]:.1f}" if k in r else "—"  # noqa: E731
-        lines.append(f"| {r['experts']} | {r['batch']} | {g('ours_byte_ms_per_byte')} | {g('bytesampler_ms_per_byte')} | "
-                     f"{g('shared_token_ms_per_byte')} | {g('shared_byte_ms_per_byte')} |")
+        cells = [f"{r[k]:.1f}" if k in r else "—" for k in
+                 ("ours_byte_ms_per_byte", "bytesampler_ms_per_byte", "shared_token_ms_per_byte", "shared_byte_ms_per_byte")]
+        lines.append(f"| {r['experts']} | {r['batch']} | " + " | ".join(cells) + " |")
     if res.get("exactness"):
         lines += ["", "## Next-byte distributions vs ByteSampler (max |Δp|, KL nats)", "",
                   "| prompt | " + " | ".join(res["names"] + ["mix"]) + " |", "|---" * (len(res["names"]) + 2) + "|"]
@@ -210,6 +225,7 @@ def main(argv=None) -> None:
                          for p in ("def add(a, b):\n    return", "12 + 7 =")]
     res["timing"] = timings(bs_mod, zoo, bcs_of, args.bytes, args.repeats)
     OUT.mkdir(exist_ok=True)
+    (OUT / "bytes_profile.txt").write_text(profile_byte_path(zoo, args.bytes))
     (OUT / "bytes_vs_bytesampler.json").write_text(json.dumps(res, indent=1, ensure_ascii=False))
     md = write_md(res)
     (OUT / "bytes_vs_bytesampler.md").write_text(md)
