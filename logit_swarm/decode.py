@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from .align.bytes import STOP as BYTE_STOP
-from .align.bytes import ByteTrack, split_prompt
+from .align.bytes import split_prompt
+from .align.view import make_byte_track
 from .mixing import greedy_probs, mix_logprobs, sample_units
 
 
@@ -254,7 +255,7 @@ def generate_rows(
                 tr = TokenTrack(e)
                 st = tr.start(ids)
             else:
-                tr = ByteTrack(e, beam=byte_beam, prune=byte_prune)
+                tr = make_byte_track(e, beam=byte_beam, prune=byte_prune)
                 # A plain-text prompt that was not truncated is covered from its text (align/bytes.py).
                 splits = [split_prompt(e, x, text=p if isinstance(p, str) and len(x) == len(r) else None)
                           for x, r, p in zip(ids, raw, uniq_prompts)]

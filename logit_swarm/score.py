@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .align.bytes import ByteTrack, text_prompt
+from .align.bytes import text_prompt
+from .align.view import make_byte_track
 from .mixing import LOGP_FLOOR, check_mode, normalised_probs_weights
 
 
@@ -191,7 +192,7 @@ def byte_tables(experts, contexts, continuations, keep_full: bool = False, beam=
     conts = [c if isinstance(c, bytes) else c.encode("utf-8") for c in continuations]
     per_expert_lp, per_expert_full = [], []
     for e in experts:
-        tr = ByteTrack(e, beam=beam, prune=prune)
+        tr = make_byte_track(e, beam=beam, prune=prune)
         splits = [text_prompt(e, c) for c in contexts]
         states = tr.start([h for h, _ in splits], [t for _, t in splits])
         lp_units = [np.zeros(len(c)) for c in conts]

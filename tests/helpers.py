@@ -76,11 +76,12 @@ def train_tokenizer(kind: str, vocab_size: int, out: Path, chat: bool = False):
 
 
 def make_model(arch: str, tokenizer, out: Path, seed: int = 0, dtype=torch.float32, layers: int = 2,
-               width: int = 32, positions: int = 512, init: float = 0.2):
-    """Random-initialised tiny causal LM of ``arch`` over ``tokenizer``, saved to ``out``."""
+               width: int = 32, positions: int = 512, init: float = 0.2, vocab_size: int | None = None):
+    """Random-initialised tiny causal LM of ``arch`` over ``tokenizer``, saved to ``out``
+    (``vocab_size``: embedding rows, default ``len(tokenizer)``; more = padded rows)."""
     from transformers import AutoModelForCausalLM, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
-    v = len(tokenizer)
+    v = vocab_size or len(tokenizer)
     bos = tokenizer.bos_token_id
     eos = tokenizer.eos_token_id
     common = dict(vocab_size=v, bos_token_id=bos, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from ..align.view import UnsupportedTokenizer
 from ..align.vocab import VocabBytes, analyse_vocab, tokenizer_fingerprint
 
 
@@ -27,8 +28,16 @@ class TokenizerSide:
 
     @cached_property
     def vocab_bytes(self) -> VocabBytes:
-        """Byte view of the vocabulary (computed on first use: byte-level mixing only)."""
-        return analyse_vocab(self.tokenizer, set(self.stop_ids))
+        """Byte view of the vocabulary (computed on first use: byte-level mixing only).
+
+        Raises:
+            UnsupportedTokenizer: naming this expert and the tokenizer.json component that
+                rewrites text, when its tokens cannot stand for bytes.
+        """
+        try:
+            return analyse_vocab(self.tokenizer, set(self.stop_ids))
+        except UnsupportedTokenizer as err:
+            raise UnsupportedTokenizer(f"expert {self.name!r}: {err}") from None
 
     def first_start_id(self, *candidates) -> int:
         """The first integer among ``candidates`` (BOS/EOS ids), else the first stop id.
