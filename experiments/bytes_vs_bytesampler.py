@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 import logit_swarm as ls
-from logit_swarm.align.bytes import ByteTrack, text_prompt
+from logit_swarm.align.bytes import ByteTrack
+from logit_swarm.align.prompt import text_prompt
 from logit_swarm.zoo.cache import cache_root
 
 PEER = Path(__file__).resolve().parents[2] / "shared" / "peers" / "byte-sampler"

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .align.bytes import STOP as BYTE_STOP
-from .align.bytes import split_prompt
+from .align.prompt import split_prompt
 from .align.view import make_byte_track
 from .mixing import greedy_probs, mix_logprobs, sample_units
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .align.bytes import text_prompt
+from .align.prompt import text_prompt
 from .align.view import make_byte_track
 from .mixing import LOGP_FLOOR, check_mode, normalised_probs_weights
 

@@ -14,7 +14,8 @@ import torch
 from conftest import SHARED_DATA
 
 import logit_swarm as ls
-from logit_swarm.align.bytes import CHAIN_BOUND, ByteTrack, text_prompt
+from logit_swarm.align.bytes import CHAIN_BOUND, ByteTrack
+from logit_swarm.align.prompt import text_prompt
 from logit_swarm.score import byte_tables
 
 _TOK = SHARED_DATA / "tokenizers"

@@ -232,11 +232,11 @@ class Batcher:
                     raise ApiError(400, "the experts tokenize this prompt differently, so echo has no single "
                                    "token sequence to score", "prompt")
             else:
-                from ..align.bytes import split_prompt
+                from ..align.prompt import split_prompt
 
-                empty = isinstance(p, str) and p == ""
-                splits = [split_prompt(e, x, empty) for e, x in zip(ens.experts, per_e)]
-                needs = [len(h) + len(t) for h, t in splits]
+                # The byte track covers the whole prompt from its head (align/bytes.py); its paths
+                # run about one token per canonical token, so the canonical length is the need.
+                needs = [len(x) for x in per_e]
                 if isinstance(p, str):
                     units.append(len(p.encode("utf-8")))
                 else:  # chat: the longest of the experts' renderings, in bytes
