@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .align.bytes import DEFAULT_BEAM, DEFAULT_PRUNE
 from .align.bytes import STOP as BYTE_STOP
 from .align.prompt import split_prompt
 from .align.view import make_byte_track
@@ -208,8 +209,8 @@ def generate_rows(
     seed=None,
     stop=None,
     truncation: str | None = None,
-    byte_beam: int | None = 8,
-    byte_prune: float = 1e-4,
+    byte_beam: int | None = DEFAULT_BEAM,
+    byte_prune: float = DEFAULT_PRUNE,
     progress=None,
     on_step=None,
 ) -> list[Generation]:

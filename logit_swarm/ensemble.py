@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .align.bytes import DEFAULT_BEAM, DEFAULT_PRUNE
 from .decode import Generation, generate_rows
 from .mixing import as_weight_matrix, check_mode
 from .score import build_table
@@ -117,7 +118,7 @@ class Ensemble:
     """
 
     def __init__(self, experts, weights=None, mode: str = "probs", unit: str | None = None,
-                 byte_beam: int | None = 8, byte_prune: float = 1e-4, decoding: dict | None = None,
+                 byte_beam: int | None = DEFAULT_BEAM, byte_prune: float = DEFAULT_PRUNE, decoding: dict | None = None,
                  provenance: dict | None = None):
         self.experts = _check_experts(experts)
         self.mode = check_mode(mode)

@@ -14,6 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .align.bytes import DEFAULT_BEAM, DEFAULT_PRUNE
+
 RECIPE_VERSION = 1
 
 
@@ -147,8 +149,8 @@ def load_recipe(path, device="cpu", dtype=None, **remote_options):
         weights=data["weights"],
         mode=data.get("mode", "probs"),
         unit=data.get("unit"),
-        byte_beam=data.get("byte_beam", 8),
-        byte_prune=data.get("byte_prune", 1e-4),
+        byte_beam=data.get("byte_beam", DEFAULT_BEAM),
+        byte_prune=data.get("byte_prune", DEFAULT_PRUNE),
         decoding=data.get("decoding"),
         provenance=data.get("provenance"),
     )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .align.bytes import DEFAULT_BEAM, DEFAULT_PRUNE
 from .align.prompt import text_prompt
 from .align.view import make_byte_track
 from .mixing import LOGP_FLOOR, check_mode, normalised_probs_weights
@@ -187,7 +188,7 @@ def token_tables(experts, contexts, continuations, keep_full: bool = False):
     return per_expert_lp, per_expert_full
 
 
-def byte_tables(experts, contexts, continuations, keep_full: bool = False, beam=8, prune=1e-4):
+def byte_tables(experts, contexts, continuations, keep_full: bool = False, beam=DEFAULT_BEAM, prune=DEFAULT_PRUNE):
     """Per-expert unit log-probs (and optionally full 257-way distributions) at byte level."""
     conts = [c if isinstance(c, bytes) else c.encode("utf-8") for c in continuations]
     per_expert_lp, per_expert_full = [], []
@@ -218,7 +219,7 @@ def byte_tables(experts, contexts, continuations, keep_full: bool = False, beam=
 
 
 def build_table(experts, contexts, continuations, unit: str | None = None, keep_full: bool = False,
-                byte_beam: int | None = 8, byte_prune: float = 1e-4) -> ScoreTable:
+                byte_beam: int | None = DEFAULT_BEAM, byte_prune: float = DEFAULT_PRUNE) -> ScoreTable:
     """Run the experts once over (context, continuation) pairs and keep what they said.
 
     Args:

@@ -14,7 +14,7 @@ import torch
 from conftest import SHARED_DATA
 
 import logit_swarm as ls
-from logit_swarm.align.bytes import CHAIN_BOUND, ByteTrack
+from logit_swarm.align.bytes import CHAIN_BOUND, DEFAULT_BEAM, DEFAULT_PRUNE, ByteTrack
 from logit_swarm.align.prompt import text_prompt
 from logit_swarm.score import byte_tables
 
@@ -152,7 +152,7 @@ ZOO_TEXTS = ["café au lait", "def add(a, b):\n    return a + b", "12 + 7 = 19",
 
 def test_chain_rule_at_default_settings_on_the_zoo(zoo):
     for text in ZOO_TEXTS:
-        gap = chain_gap(list(zoo.values()), text.encode(), beam=8, prune=1e-4)
+        gap = chain_gap(list(zoo.values()), text.encode(), beam=DEFAULT_BEAM, prune=DEFAULT_PRUNE)
         assert gap < CHAIN_BOUND, (text, gap)
 
 

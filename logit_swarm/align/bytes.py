@@ -102,6 +102,9 @@ import torch
 #: any settings: the process is one function of the bytes, so only float rounding of batched
 #: forwards remains (measured on the zoo: see the module docstring).
 CHAIN_BOUND = 1e-3
+#: Default pruning (module docstring, "Which tokenizations count"; experiments/bytes_default_choice.py).
+DEFAULT_BEAM = 8
+DEFAULT_PRUNE = 1e-3
 N_UNITS = 257  # 256 byte values + STOP
 STOP = 256
 
@@ -137,7 +140,7 @@ class ByteTrack:
             carried by all live paths (M_j in the module docstring).
     """
 
-    def __init__(self, expert, beam: int | None = 8, prune: float = 1e-4):
+    def __init__(self, expert, beam: int | None = DEFAULT_BEAM, prune: float = DEFAULT_PRUNE):
         self.expert = expert
         self.vb = expert.vocab_bytes
         self.beam = beam

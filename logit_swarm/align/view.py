@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .bytes import STOP, ByteTrack
+from .bytes import DEFAULT_BEAM, DEFAULT_PRUNE, STOP, ByteTrack
 
 SPACE = 0x20
 UTF8_BYTES = frozenset(range(256)) - {0xC0, 0xC1} - frozenset(range(0xF5, 0x100))  # bytes valid UTF-8 uses
@@ -540,7 +540,7 @@ def _complete_len(b: bytes) -> int:
     return len(b)
 
 
-def make_byte_track(expert, beam: int | None = 8, prune: float = 1e-4):
+def make_byte_track(expert, beam: int | None = DEFAULT_BEAM, prune: float = DEFAULT_PRUNE):
     """The byte track of ``expert``: a plain :class:`ByteTrack` when its tokenizer is lossless at
     the byte level, else a :class:`ViewTrack` over its view (module docstring)."""
     track = ByteTrack(expert, beam=beam, prune=prune)
