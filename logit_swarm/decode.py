@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .align.bytes import DEFAULT_BEAM, DEFAULT_PRUNE
 from .align.bytes import STOP as BYTE_STOP
-from .align.bytes import split_prompt
+from .align.prompt import split_prompt
 from .align.view import make_byte_track
 from .mixing import greedy_probs, mix_logprobs, sample_units
 from .windows import fit_prompt, truncation_run
@@ -209,8 +210,8 @@ def generate_rows(
     seed=None,
     stop=None,
     truncation: str | None = None,
-    byte_beam: int | None = 8,
-    byte_prune: float = 1e-4,
+    byte_beam: int | None = DEFAULT_BEAM,
+    byte_prune: float = DEFAULT_PRUNE,
     progress=None,
     on_step=None,
     budget=None,
@@ -256,7 +257,7 @@ def generate_rows(
 
     # Each expert's prompts, fitted to its window; cuts are reported once for the whole call.
     with truncation_run(truncation) as policy:
-        starts = [[_fit(e, prompt_ids_for(e, p), unit, reserve[i], isinstance(p, str) and p == "", policy)
+        starts = [[_fit(e, prompt_ids_for(e, p), unit, reserve[i], p if isinstance(p, str) else None, policy)
                    for i, p in enumerate(uniq_prompts)] for e in experts]
     tracks, states = [], []  # states[e][key] = that expert's state for state key
     try:
@@ -410,18 +411,20 @@ def _first_stop(text: str, stop: list[str]) -> int | None:
     return min(cuts) if cuts else None
 
 
-def _fit(expert, ids: list[int], unit: str, max_new: int, text_is_empty: bool, policy: str | None):
+def _fit(expert, ids: list[int], unit: str, max_new: int, text: str | None, policy: str | None):
     """The start of one prompt for one expert, fitted to its window (windows.fit_prompt).
 
     Token units: the prompt keeps room for ``max_new`` tokens. Byte units: (head ids, tail
-    bytes) of align/bytes.py; the head is what gets cut, keeping room for the tail bytes and
-    ``min(max_new, window // 2)`` new bytes (new bytes are not tokens yet, and each token
-    carries at least one byte, so this room never runs short before that many bytes).
+    bytes) of align/prompt.py; a prompt that does not fit is cut on the left in tokens, keeping
+    room for ``min(max_new, window // 2)`` new bytes (each token carries at least one byte), and
+    its cut ids are then covered from their own bytes; an uncut plain-text prompt is covered
+    from its text (one definition for every split of a text).
     """
     what = f"prompt ({len(ids)} tokens) plus {max_new} new tokens" if unit == "token" else "prompt"
     if unit == "token":
         return fit_prompt(expert, ids, max_new, policy, what)
-    head, tail = split_prompt(expert, ids, text_is_empty)
     window = expert.context_window
-    room = len(tail) + (min(max_new, window // 2) if window else max_new)
-    return fit_prompt(expert, head, room, policy, what), tail
+    # Room for the new bytes and for paths that spell the kept text with more tokens than its
+    # canonical encoding: half the window (the covering runs over the whole kept prompt).
+    fitted = fit_prompt(expert, ids, window // 2 if window else max_new, policy, what)
+    return split_prompt(expert, fitted, text=text if len(fitted) == len(ids) else None)

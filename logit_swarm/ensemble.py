@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import recipe as recipe_io
+from .align.bytes import DEFAULT_BEAM, DEFAULT_PRUNE
 from .align.vocab import choose_unit
 from .budget import plan as budget_plan
 from .decode import Generation, generate_rows
@@ -114,8 +115,8 @@ class Ensemble:
     """
 
     def __init__(self, experts, weights=None, mode: str = "probs", unit: str | None = None,
-                 byte_beam: int | None = 8, byte_prune: float = 1e-4, decoding: dict | None = None,
-                 provenance: dict | None = None, truncation: str | None = None):
+                 byte_beam: int | None = DEFAULT_BEAM, byte_prune: float = DEFAULT_PRUNE,
+                 decoding: dict | None = None, provenance: dict | None = None, truncation: str | None = None):
         self.experts = _check_experts(experts)
         self.truncation = check_policy(truncation)
         self.mode = check_mode(mode)
@@ -240,8 +241,8 @@ def load_recipe(path, device="cpu", dtype=None, **remote_options) -> Ensemble:
         weights=data["weights"],
         mode=data.get("mode", "probs"),
         unit=data.get("unit"),
-        byte_beam=data.get("byte_beam", 8),
-        byte_prune=data.get("byte_prune", 1e-4),
+        byte_beam=data.get("byte_beam", DEFAULT_BEAM),
+        byte_prune=data.get("byte_prune", DEFAULT_PRUNE),
         decoding=data.get("decoding"),
         provenance=data.get("provenance"),
     )

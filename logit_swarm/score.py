@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .align.bytes import split_prompt
+from .align.bytes import DEFAULT_BEAM, DEFAULT_PRUNE
+from .align.prompt import split_prompt, text_prompt
 from .align.view import make_byte_track
 from .align.vocab import choose_unit
 from .mixing import LOGP_FLOOR, check_mode, normalised_probs_weights
@@ -198,19 +199,30 @@ def token_tables(experts, contexts, continuations, keep_full: bool = False, trun
     return per_expert_lp, per_expert_full
 
 
-def byte_tables(experts, contexts, continuations, keep_full: bool = False, beam=8, prune=1e-4,
+def _byte_context(e, context, room: int, truncation: str | None):
+    """Head ids and tail bytes of one scoring context for expert ``e``, fitted to its window."""
+    if isinstance(context, bytes):
+        return text_prompt(e, context)
+    ids = e.encode(context)
+    window = e.context_window
+    # Paths may spell the kept context with more tokens than its canonical encoding (the covering
+    # runs over the whole kept text): keep at least half the window free.
+    fitted = fit_prompt(e, ids, max(room, window // 2) if window else room, truncation, "context plus continuation")
+    return text_prompt(e, context) if len(fitted) == len(ids) else split_prompt(e, fitted)
+
+
+def byte_tables(experts, contexts, continuations, keep_full: bool = False, beam=DEFAULT_BEAM, prune=DEFAULT_PRUNE,
                 truncation: str | None = None):
     """Per-expert unit log-probs (and optionally full 257-way distributions) at byte level.
 
-    An expert whose window cannot hold a context's head plus room for its continuation (one
-    token per byte at most, tail bytes included) sees the head's end (windows.fit_prompt)."""
-    conts = [c.encode("utf-8") for c in continuations]
+    An expert whose window cannot hold a context plus room for its continuation (one token per
+    byte at most) sees the context's end (windows.fit_prompt), covered from the cut ids' bytes;
+    otherwise the context is covered from its text (align/prompt.py)."""
+    conts = [c if isinstance(c, bytes) else c.encode("utf-8") for c in continuations]
     per_expert_lp, per_expert_full = [], []
     for e in experts:
         tr = make_byte_track(e, beam=beam, prune=prune)
-        splits = [split_prompt(e, e.encode(c), c == "") for c in contexts]
-        splits = [(fit_prompt(e, h, len(t) + len(x), truncation, "context plus continuation"), t)
-                  for (h, t), x in zip(splits, conts)]
+        splits = [_byte_context(e, c, len(x), truncation) for c, x in zip(contexts, conts)]
         states = tr.start([h for h, _ in splits], [t for _, t in splits])
         lp_units = [np.zeros(len(c)) for c in conts]
         full_units = [np.zeros((len(c), 257)) for c in conts] if keep_full else None
@@ -235,7 +247,8 @@ def byte_tables(experts, contexts, continuations, keep_full: bool = False, beam=
 
 
 def build_table(experts, contexts, continuations, unit: str | None = None, keep_full: bool = False,
-                byte_beam: int | None = 8, byte_prune: float = 1e-4, truncation: str | None = None) -> ScoreTable:
+                byte_beam: int | None = DEFAULT_BEAM, byte_prune: float = DEFAULT_PRUNE,
+                truncation: str | None = None) -> ScoreTable:
     """Run the experts once over (context, continuation) pairs and keep what they said.
 
     Args:

@@ -96,7 +96,9 @@ def test_exact_against_brute_force(e64, name, text):
 
 def test_pruned_is_close_to_exact(e64):
     e = e64["llama_sp"]
-    ctx, cont = ["The quick"], [" brown fox"]
+    # The exact marginal covers the whole text from the start (every tokenization of it), so
+    # the text stays short.
+    ctx, cont = ["The q"], ["uick"]
     exact = ls.Ensemble([e], unit="byte", byte_beam=None, byte_prune=0.0).logprob(ctx, cont)[0]
     pruned = ls.Ensemble([e], unit="byte", byte_beam=8, byte_prune=1e-4).logprob(ctx, cont)[0]
     loose = ls.Ensemble([e], unit="byte", byte_beam=1, byte_prune=1.0).logprob(ctx, cont)[0]
@@ -249,7 +251,9 @@ def test_pruning_runs_fewer_forwards_than_bytes(tiny_dirs):
     e = ls.load_expert(tiny_dirs["llama_sp"])
     text = " the quick brown fox jumps"
     rows, scores = [], []
-    for prune in (0.0, 1e-4):
+    # An untrained model spreads its mass over many tokenizations of the whole text (covered
+    # from the start), so the threshold that visibly prunes here is 1e-3.
+    for prune in (0.0, 1e-3):
         e.forward_rows = 0
         scores.append(ls.Ensemble([e], unit="byte", byte_beam=8, byte_prune=prune).logprob(["x"], [text])[0])
         rows.append(e.forward_rows)

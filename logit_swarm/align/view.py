@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .bytes import STOP, ByteTrack
+from .bytes import DEFAULT_BEAM, DEFAULT_PRUNE, STOP, ByteTrack
 
 SPACE = 0x20
 UTF8_BYTES = frozenset(range(256)) - {0xC0, 0xC1} - frozenset(range(0xF5, 0x100))  # bytes valid UTF-8 uses
@@ -382,11 +382,20 @@ class ViewTrack:
     # ------------------------------------------------------------------ states
     def start(self, heads: list[list[int]], tails: list[bytes]) -> list[ViewState]:
         """States after each prompt (head ids as encoded by the expert's own tokenizer, tail bytes)."""
+        # A tail that ends inside a character (a raw-bytes prompt): start before that character
+        # and read its bytes through advance, so the state equals the one scoring reaches.
+        cuts = [_complete_len(t) for t in tails]
         out = []
-        for head, tail, s in zip(heads, tails, self.track.start(heads, tails)):
-            y0 = b"".join(self._tb[i] or b"" for i in head if 0 <= i < len(self._tb)) + tail
+        for head, tail, c, s in zip(heads, tails, cuts, self.track.start(heads, [t[:c] for t, c in zip(tails, cuts)])):
+            y0 = b"".join(self._tb[i] or b"" for i in head if 0 <= i < len(self._tb)) + tail[:c]
             self._hold(s)
             out.append(ViewState(s, at_start=not y0.strip(b" "), prev_space=y0.endswith(b" ")))
+        for t in range(max((len(x) - c for x, c in zip(tails, cuts)), default=0)):
+            idx = [k for k, (x, c) in enumerate(zip(tails, cuts)) if len(x) - c > t]
+            new = self.advance([out[k] for k in idx], [tails[k][cuts[k] + t] for k in idx])
+            for k, st in zip(idx, new):
+                self.release(out[k])
+                out[k] = replace(st, n=0)
         return out
 
     def _is_prefix(self, char: bytes) -> bool:
@@ -519,7 +528,19 @@ class ViewTrack:
         return out
 
 
-def make_byte_track(expert, beam: int | None = 8, prune: float = 1e-4):
+def _complete_len(b: bytes) -> int:
+    """Length of the longest prefix of ``b`` that does not end inside a UTF-8 character."""
+    for back in range(1, min(4, len(b)) + 1):
+        lead = b[-back]
+        if lead < 0x80:
+            return len(b)
+        if lead >= 0xC0:  # a lead byte: complete iff its sequence is all there
+            need = 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+            return len(b) if back >= need else len(b) - back
+    return len(b)
+
+
+def make_byte_track(expert, beam: int | None = DEFAULT_BEAM, prune: float = DEFAULT_PRUNE):
     """The byte track of ``expert``: a plain :class:`ByteTrack` when its tokenizer is lossless at
     the byte level, else a :class:`ViewTrack` over its view (module docstring)."""
     track = ByteTrack(expert, beam=beam, prune=prune)

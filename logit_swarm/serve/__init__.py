@@ -85,8 +85,9 @@ Completions (``/v1/completions``)
   exactly as encoded or given. Byte units: the prompt's UTF-8 bytes, each position's
   distribution being the byte-level one after the prompt's first t bytes (align/bytes.py,
   started from the empty text): the values for t ≥ 1 are the per-unit scores of
-  ``Ensemble.table([""], [prompt])`` after its first unit. (Generation after a prompt starts
-  instead from the prompt's canonical tokens minus the last one, as in ``Ensemble.generate``.)
+  ``Ensemble.table([""], [prompt])`` after its first unit. (Generation after a prompt
+  follows the same byte-level process, as in ``Ensemble.generate``: the distribution after the
+  prompt does not depend on where the prompt ends.)
   With ``max_tokens: 0`` only the prompt is scored
   (teacher forcing); with ``max_tokens: 1`` and ``logprobs: -1`` the last entry is the whole
   next-unit distribution after the prompt.

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..align.bytes import DEFAULT_BEAM, DEFAULT_PRUNE
 from ..align.bytes import STOP as BYTE_STOP
-from ..align.bytes import split_prompt
+from ..align.prompt import split_prompt
 from ..align.view import make_byte_track
 from ..decode import Generation, TokenTrack
 from ..mixing import greedy_probs, mix_logprobs, sample_units
@@ -97,7 +98,7 @@ class StepDecoder:
         byte_beam, byte_prune: byte-level pruning (align/bytes.py).
     """
 
-    def __init__(self, experts, unit: str, byte_beam: int | None = 8, byte_prune: float = 1e-4):
+    def __init__(self, experts, unit: str, byte_beam: int | None = DEFAULT_BEAM, byte_prune: float = DEFAULT_PRUNE):
         self.experts = list(experts)
         self.unit = unit
         if unit == "token":

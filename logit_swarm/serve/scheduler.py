@@ -36,7 +36,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..align.bytes import split_prompt
+from ..align.prompt import split_prompt
 from ..decode import prompt_ids_for
 from ..mixing import as_weight_matrix
 from .chat import ChatRenderer
