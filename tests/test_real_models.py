@@ -189,3 +189,28 @@ def test_view_track_is_the_plain_track_on_the_view(real64, name):
     vt.release(vs)
     plain.release(ps)
     assert len(e.store) == 0  # every node freed by both tracks
+
+
+BOS = {"stories260K": ["<s>"], "TinyStories-656K": ["<|start_story|>"], "slm4096": []}  # SOURCES.md
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bos_rule_from_own_files(real, name, tmp_path):
+    """Each model's BOS rule matches what transformers does for it (and its SOURCES.md), and is
+    stated in the recipe and in the server's model card."""
+    from logit_swarm.recipe import recipe_dict
+    from logit_swarm.serve.protocol import ServedModel, model_card
+
+    e = real[name]
+    rule = e.bos_rule()
+    assert rule["adds"] == BOS[name], rule
+    ids = e.tokenizer("Once", add_special_tokens=True)["input_ids"]
+    assert e.encode("Once") == ids
+    assert ids[: len(BOS[name])] == e.tokenizer.convert_tokens_to_ids(BOS[name])
+    if not BOS[name]:
+        assert rule["empty_text"] is None  # slm4096 has no BOS/EOS: a prompt needs text
+    ens = ls.Ensemble([e])
+    assert recipe_dict(ens)["experts"][0]["bos"] == rule
+    card = model_card(ServedModel(name="m", unit="token", n_experts=1, n_units=e.vocab_size, weights=[1.0],
+                                  mode="probs", expert_names=[e.name], expert_bos=[rule]), 0)
+    assert card["bos"] == [rule]

@@ -74,6 +74,7 @@ class ServedModel:
     max_logprobs: int = 20
     max_rows: int = 64
     expert_names: list[str] = field(default_factory=list)
+    expert_bos: list[dict] = field(default_factory=list)  # each expert's BOS rule (TokenizerSide.bos_rule)
 
 
 @dataclass
@@ -488,4 +489,5 @@ def model_card(served: ServedModel, created: int) -> dict:
     """One model object (``GET /v1/models/{model}``), with logit_swarm's extra fields."""
     return {"id": served.name, "object": "model", "created": created, "owned_by": "logit_swarm",
             "unit": served.unit, "mode": served.mode, "weights": list(served.weights),
-            "experts": list(served.expert_names), "max_logprobs": served.max_logprobs}
+            "experts": list(served.expert_names), "max_logprobs": served.max_logprobs,
+            "bos": list(served.expert_bos)}

@@ -107,6 +107,7 @@ class SwarmServer:
             name=name, unit=ensemble.unit, n_experts=len(ensemble.experts), n_units=len(self.table),
             weights=[float(w) for w in ensemble.weights], mode=ensemble.mode, max_logprobs=int(max_logprobs),
             max_rows=int(max_batch_rows), expert_names=[e.name for e in ensemble.experts],
+            expert_bos=[e.bos_rule() for e in ensemble.experts],
         )
         self.tokenizer = tokenizer_payload(ensemble)
         self.created = P.now()
