@@ -239,8 +239,8 @@ def test_remote_equals_local_when_k_covers_vocabulary(experts, tiny_dirs):
         one_l = ls.Ensemble([e]).logprob(ctx, cont)
         assert np.allclose(one_r, one_l, atol=1e-4)
         prompts = ["Hello world", "The quick brown fox"]
-        want = ls.Ensemble([e]).generate(prompts, max_new_tokens=8)
-        assert ls.Ensemble([r]).generate(prompts, max_new_tokens=8) == want
+        want_text = ls.Ensemble([e]).generate(prompts, max_new_tokens=8)
+        assert ls.Ensemble([r]).generate(prompts, max_new_tokens=8) == want_text
         mixed = ens.logprob(ctx, cont)
         assert np.allclose(mixed, one_l, atol=1e-4)  # the same model twice
 
@@ -580,8 +580,8 @@ def test_project_server_remote_equals_local(experts, served, tmp_path):
     want = ls.Ensemble([e]).logprob(ctx, cont)
     assert np.abs(np.array(got) - np.array(want)).max() < 1e-4
     prompts = ["Hello world", "The quick brown fox"]
-    want = ls.Ensemble([e]).generate(prompts, max_new_tokens=10)
-    assert ls.Ensemble([r]).generate(prompts, max_new_tokens=10) == want
+    want_text = ls.Ensemble([e]).generate(prompts, max_new_tokens=10)
+    assert ls.Ensemble([r]).generate(prompts, max_new_tokens=10) == want_text
     # remote + its local twin: token level, and the same numbers as the twin alone
     assert ls.Ensemble([r, e]).unit == "token"
     assert np.allclose(ls.Ensemble([r, e], weights=[0.3, 0.7]).logprob(ctx, cont), want, atol=1e-4)
