@@ -7,9 +7,13 @@ continuations, exactly. Also: for multiple-choice questions, how often the two r
 choice first. Then the same gap for tiny random models over real vocabularies (GPT-2, Llama-2,
 Llama-3, Qwen2, Phi-3), whose untrained distributions spread mass over many tokenizations.
 
-    python experiments/byte_vs_token.py [--pairs 30] [--questions 40] [--data ../shared/data]
+Then the same gap for the real pretrained models of ../shared/models (stories260K,
+TinyStories-656K, slm4096: models nobody here trained), on text each can spell, and how the three
+mix at byte level (``--real-only`` runs just that part).
 
-Writes experiments/results/byte_vs_token.{json,md}.
+    python experiments/byte_vs_token.py [--pairs 30] [--questions 40] [--data ../shared/data] [--real-only]
+
+Writes experiments/results/byte_vs_token.{json,md} and byte_vs_token_real.{json,md}.
 """
 
 from __future__ import annotations
@@ -77,8 +81,14 @@ def main(argv=None):
     ap.add_argument("--questions", type=int, default=40)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results"))
+    ap.add_argument("--models", default=str(ROOT.parent / "shared" / "models"))
+    ap.add_argument("--real-only", action="store_true", help="only the real pretrained models of --models")
     args = ap.parse_args(argv)
     rng = random.Random(0)
+    if Path(args.models).exists():
+        real_models(Path(args.models), Path(args.out))
+    if args.real_only:
+        return
 
     from logit_swarm.zoo import zoo_experts
     from logit_swarm.zoo.corpora import SPECIALTIES, heldout_text, task_records
@@ -147,6 +157,84 @@ def main(argv=None):
         for r in real:
             md.append(f"| {r['tokenizer']} | {r['mean_token_nats']:.2f} | {r['mean_byte_nats']:.2f} | {r['mean_abs_gap_nats']:.2f} |")
     (out / "byte_vs_token.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+SLM_TEXT = ("Q: What is SLM?\nA: SLM is a Small Language Model trained on a single page of memory. "
+            "It is web scale, cloud native, and proudly")
+
+
+def story_text(models: Path) -> str:
+    """The 457-byte STORY of ../shared/models/verify.py (read, not copied: see its SOURCES.md)."""
+    import ast
+
+    tree = ast.parse((models / "verify.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "STORY" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise ValueError(f"{models / 'verify.py'} has no STORY")
+
+
+def sentence_pairs(text: str, max_bytes: int = 80, max_ctx: int = 200) -> list[tuple[str, str]]:
+    """(everything before, next sentence) pairs; the continuation starts with its space."""
+    import re
+
+    cuts = [m.end() for m in re.finditer(r"[.!?\n](?=[ \"\n]|$)", text)]
+    pairs = []
+    for a, b in zip(cuts, cuts[1:]):
+        cont = text[a:b].encode()[:max_bytes].decode("utf-8", errors="ignore")
+        if cont.strip():
+            pairs.append((text[max(0, a - max_ctx):a], cont))
+    return pairs
+
+
+def real_models(models: Path, out: Path) -> None:
+    """One-hot byte vs token gap on the real models, on pairs each can spell; then the three mixed."""
+    from logit_swarm.align.view import view_text
+
+    names = ["stories260K", "TinyStories-656K", "slm4096"]
+    experts = [ls.load_expert(models / n, name=n) for n in names]
+    story = sentence_pairs(story_text(models), max_bytes=80, max_ctx=40)  # slm4096: 128 positions
+    slm = [(SLM_TEXT[max(0, k - 80):k], SLM_TEXT[k:k + 40]) for k in range(6, len(SLM_TEXT) - 10, 12)]  # window 128
+    rows = []
+    for e in experts:
+        rules = e.vocab_bytes.rules
+        pairs = [(c, x) for c, x in (slm if e.name == "slm4096" else story)
+                 if view_text(rules, c + x) == (c + x).encode()]  # text it can spell as it is
+        rows.append({"model": e.name, "rules": rules.describe(), **gaps(e, pairs, exact=False)})
+        print(json.dumps(rows[-1]), flush=True)
+    mix = []
+    for label, pairs in (("STORY sentences", story), ("slm4096 line", slm)):
+        ctx, cont = [c for c, _ in pairs], [x for _, x in pairs]
+        ens = ls.Ensemble(experts, weights=[1 / 3] * 3)
+        r = {"text": label, "pairs": len(pairs), "uniform_mixture_mean_nats": float(np.mean(ens.logprob(ctx, cont)))}
+        for i, e in enumerate(experts):
+            lp = np.array(ls.Ensemble(experts, weights=np.eye(3)[i]).logprob(ctx, cont))
+            r[e.name] = {"finite_pairs": int(np.isfinite(lp).sum()),
+                         "mean_nats_finite": float(lp[np.isfinite(lp)].mean()) if np.isfinite(lp).any() else None}
+        mix.append(r)
+        print(json.dumps(r), flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "byte_vs_token_real.json").write_text(json.dumps({"one_hot": rows, "mixture": mix}, indent=2) + "\n")
+    md = ["# Real pretrained models (../shared/models): one-hot byte vs token, and the three mixed", "",
+          "CPU, 2 cores shared with other jobs (scores do not depend on it). Byte level with the default pruning",
+          "(beam 8, prune 1e-4). Pairs: the sentences of verify.py's STORY (stories260K, TinyStories-656K) or",
+          "of slm4096's memorised training line, each after the text before it, kept only when the model's",
+          "tokenizer spells the text as it is (its text view changes nothing).", "",
+          "| model | text rules | pairs | mean token nats | mean byte nats | mean \\|gap\\| | max \\|gap\\| |",
+          "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['model']} | {'; '.join(r['rules']) or 'lossless'} | {r['pairs']} | {r['mean_token_nats']:.3f} | "
+                  f"{r['mean_byte_nats']:.3f} | {r['mean_abs_gap_nats']:.4f} | {r['max_abs_gap_nats']:.4f} |")
+    md += ["", "Byte-level scores of the uniform mixture and of each model alone (one-hot) on all pairs of a text;",
+           "a model alone gives -inf to a pair with a byte it cannot produce (finite pairs counted):", "",
+           "| text | pairs | uniform mixture, mean nats | " + " | ".join(f"{n} alone: finite, mean nats" for n in names) + " |",
+           "|---|---|---|" + "---|" * len(names)]
+    for r in mix:
+        cells = [f"{r[n]['finite_pairs']}, {r[n]['mean_nats_finite']:.2f}" if r[n]["mean_nats_finite"] is not None
+                 else "0, -" for n in names]
+        md.append(f"| {r['text']} | {r['pairs']} | {r['uniform_mixture_mean_nats']:.2f} | " + " | ".join(cells) + " |")
+    (out / "byte_vs_token_real.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 

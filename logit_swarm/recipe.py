@@ -23,6 +23,7 @@ def recipe_dict(ens, base_dir: Path | None = None) -> dict:
     experts = []
     for e in ens.experts:
         d = dict(e.describe())
+        d["bos"] = e.bos_rule()  # informational: how the expert's own tokenizer starts a text
         if d.get("path") and base_dir is not None:
             try:
                 d["relpath"] = os.path.relpath(d["path"], base_dir)

@@ -133,6 +133,18 @@ def test_tokenizer_folder(name, tmp_path, gpt2_expert):
     assert isinstance(out[0], str)
 
 
+@pytest.mark.parametrize("name", ["falcon", "smollm"])
+def test_bytes_without_a_token_are_dropped_as_the_tokenizer_does(name):
+    if name not in FOLDERS:
+        pytest.skip(f"../shared/data/tokenizers/{name} is not present")
+    tok = AutoTokenizer.from_pretrained(str(ROOT / name))
+    vb = analyse_vocab(tok)
+    assert vb.rules.missing_bytes and 0x04 in vb.rules.missing_bytes
+    text = "a\x04b\U000B0000c"  # a control byte and a lead byte 0xF2 the vocabulary lacks
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert b"".join(vb.token_bytes[i] for i in ids) == view_text(vb.rules, text)
+
+
 def test_every_known_folder_is_present_or_reported():
     """The expected table and the shared folder agree (a folder that vanished is reported)."""
     missing = sorted(set(EXPECTED) - set(FOLDERS))

@@ -9,7 +9,9 @@ works on the text as it is. Some ordinary tokenizers lose text on the way in:
   stories260K); trailing spaces are stripped too, but only at the end of an encoded text;
 * **characters outside the alphabet**: a vocabulary without byte pieces (no ``<0xNN>`` tokens and
   no byte-level alphabet) maps every other character to its unknown token (TinyStories-656K's
-  ``<unk>``, slm4096's ``' '``).
+  ``<unk>``, slm4096's ``' '``);
+* **bytes without a token** in a byte-level vocabulary (Falcon and SmolLM lack a few control
+  bytes and lead bytes of unassigned planes): the tokenizer drops just that byte.
 
 Written semantics (the *text view*). The expert sees the text as its own tokenizer would
 encode it: a dropped space is not there, a character outside its alphabet is its unknown token
@@ -105,7 +107,7 @@ class TextRules:
             a prompt loses them, text that goes on does not).
         alphabet: the characters the vocabulary can spell (None: every character).
         missing_bytes: bytes a byte-level vocabulary has no token for (None: it has them all);
-            a character with one of them is outside the alphabet.
+            its tokenizer drops such a byte (the rest of the character stays).
         unk_bytes: what a character outside the alphabet becomes (its unknown token's bytes);
             None: it is dropped.
         fuse_unk: consecutive characters outside the alphabet become one unknown token.
@@ -141,7 +143,7 @@ class TextRules:
             out.append(f"{len(self.alphabet)}-character alphabet (other characters {unk})")
         if self.missing_bytes is not None:
             out.append(f"no token for bytes {', '.join(f'0x{b:02X}' for b in sorted(self.missing_bytes))} "
-                       "(characters with them are dropped)")
+                       "(dropped, as its tokenizer does)")
         return out + list(self.notes)
 
 
@@ -278,10 +280,8 @@ def with_alphabet(rules: TextRules, token_bytes, unk_id: int | None) -> TextRule
 
 
 def outside(rules: TextRules, ch: str) -> bool:
-    """Whether the character ``ch`` is outside what the vocabulary can spell."""
-    if rules.alphabet is not None and ch not in rules.alphabet:
-        return True
-    return rules.missing_bytes is not None and any(b in rules.missing_bytes for b in ch.encode("utf-8"))
+    """Whether the character ``ch`` is outside the alphabet (missing bytes are dropped one by one)."""
+    return rules.alphabet is not None and ch not in rules.alphabet
 
 
 def view_text(rules: TextRules, text: str, complete: bool = True) -> bytes:
@@ -300,7 +300,10 @@ def view_text(rules: TextRules, text: str, complete: bool = True) -> bytes:
         prev_out = False
         if ch == " " and ((rules.strip_leading_spaces and at_start) or (rules.collapse_spaces and prev_space)):
             continue
-        out.append(ch.encode("utf-8"))
+        raw = ch.encode("utf-8")
+        if rules.missing_bytes:
+            raw = bytes(b for b in raw if b not in rules.missing_bytes)
+        out.append(raw)
         prev_space = ch == " "
         at_start = at_start and ch == " "
     res = b"".join(out)
@@ -346,7 +349,9 @@ class ViewTrack:
         chars = {c.encode("utf-8") for c in rules.alphabet} if rules.alphabet is not None else set()
         self._chars = chars
         self._prefixes = {c[:k] for c in chars for k in range(1, len(c) + 1)}
-        self._by_char = rules.alphabet is not None or rules.missing_bytes is not None
+        self._by_char = rules.alphabet is not None
+        self._missing = np.zeros(257, dtype=bool)
+        self._missing[list(rules.missing_bytes or ())] = True
         self._char_masks: dict[bytes, np.ndarray] = {}
         self.masked_reads = 0  # bytes read (scored) that the view gives probability 0
         self._warned = False
@@ -400,12 +405,7 @@ class ViewTrack:
 
     def _is_prefix(self, char: bytes) -> bool:
         """Whether ``char`` begins (or is) a character the vocabulary can spell."""
-        if self.rules.alphabet is not None:
-            return char in self._prefixes
-        if any(b in self.rules.missing_bytes for b in char):
-            return False
-        n = _utf8_len(char[0])
-        return len(char) <= n and (n == 1 or (char[0] >= 0xC2 and all(0x80 <= b <= 0xBF for b in char[1:])))
+        return char in self._prefixes
 
     def _mask(self, st: ViewState) -> np.ndarray:
         """Units the view cannot produce next (bool [257]); STOP never."""
@@ -421,7 +421,7 @@ class ViewTrack:
                 self._char_masks[key] = m
             m = m.copy()
         else:
-            m = np.zeros(257, dtype=bool)
+            m = self._missing.copy()  # byte-level vocabulary with holes: those bytes only
         if not st.char and self._space_dropped(st):
             m[SPACE] = True
         return m
@@ -435,6 +435,8 @@ class ViewTrack:
             if self.rules.strip_leading_spaces and st.at_start:
                 return "a leading space, which its normaliser strips"
             return "a second space, where its normaliser collapses runs of spaces"
+        if self._missing[b]:
+            return "a byte its vocabulary has no token for (its tokenizer drops it)"
         return "a byte of a character outside its alphabet (its tokenizer has no byte pieces for it)"
 
     def distributions(self, states: list[ViewState], require: list[int] | None = None) -> np.ndarray:
@@ -500,6 +502,8 @@ class ViewTrack:
                 f["char"] = char
                 return base, bytes([b]), f
             f.update(char=b"", before=None, prev_out=False)
+        if self._missing[b]:  # a byte-level vocabulary without this byte: the tokenizer drops it
+            return base, b"", f
         if b == SPACE and ((r.strip_leading_spaces and f["at_start"]) or (r.collapse_spaces and f["prev_space"])):
             return base, b"", f
         f.update(prev_space=b == SPACE, at_start=f["at_start"] and b == SPACE)

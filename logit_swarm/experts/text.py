@@ -12,10 +12,31 @@ Classes using :class:`TokenizerSide` provide ``tokenizer``, ``name``, ``context_
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
+from pathlib import Path
 
 from ..align.view import UnsupportedTokenizer
 from ..align.vocab import VocabBytes, analyse_vocab, tokenizer_fingerprint
+
+
+def _bos_source(tok) -> str:
+    """The file setting that decides whether a BOS is added: the saved tokenizer.json's
+    post_processor (what the ``tokenizers`` pipeline runs), else tokenizer_config's add_bos_token."""
+    saved = Path(str(getattr(tok, "name_or_path", "") or "")) / "tokenizer.json"
+    post = None
+    if saved.is_file():
+        post = json.loads(saved.read_text(encoding="utf-8")).get("post_processor")
+    flag = getattr(tok, "add_bos_token", None)
+    parts = []
+    if post:
+        parts.append(f"tokenizer.json post_processor {post.get('type')}")
+    else:
+        if saved.is_file():
+            parts.append("tokenizer.json has no post_processor")
+        if flag is not None:
+            parts.append(f"add_bos_token={flag}")
+    return ", ".join(parts) or "tokenizer files not found; read from encoding"
 
 
 class TokenizerSide:
@@ -38,6 +59,36 @@ class TokenizerSide:
             return analyse_vocab(self.tokenizer, set(self.stop_ids))
         except UnsupportedTokenizer as err:
             raise UnsupportedTokenizer(f"expert {self.name!r}: {err}") from None
+
+    def bos_rule(self) -> dict:
+        """How this expert's own tokenizer starts a text, read from its files and checked by
+        encoding (what ``transformers`` does for this model).
+
+        Returns a JSON-able dict: ``adds`` (the special tokens ``tokenizer(text)`` puts before
+        the text: BOS, or nothing), ``source`` (the file setting that decides it: tokenizer.json's
+        post_processor, tokenizer_config's add_bos_token) and ``empty_text`` (the token that
+        conditions an empty context when nothing is added). Prompts are encoded with this rule,
+        so scores and generations see the BOS the model's own tokenizer gives it.
+        """
+        tok = self.tokenizer
+        plain = tok("a", add_special_tokens=False)["input_ids"]
+        full = tok("a", add_special_tokens=True)["input_ids"]
+        cut = len(full) - len(plain)
+        added = full[:cut] if cut > 0 and full[cut:] == plain else []
+        out = {"adds": [self._token_name(i) for i in added], "source": _bos_source(tok)}
+        if not added:
+            try:
+                out["empty_text"] = self._token_name(self.start_id)
+            except ValueError:
+                out["empty_text"] = None  # no BOS/EOS at all (e.g. slm4096): a prompt needs text
+        return out
+
+    def _token_name(self, tid: int) -> str:
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        added = backend.get_added_tokens_decoder() if backend is not None else {}
+        if tid in added:  # its literal content (a normalised added token may be listed otherwise)
+            return added[tid].content
+        return self.tokenizer.convert_ids_to_tokens([tid])[0]
 
     def first_start_id(self, *candidates) -> int:
         """The first integer among ``candidates`` (BOS/EOS ids), else the first stop id.

@@ -81,6 +81,7 @@ class ServedModel:
     expert_names: list[str] = field(default_factory=list)
     max_model_len: int | None = None
     usage_unit: str = "tokens"
+    expert_bos: list[dict] = field(default_factory=list)  # each expert's BOS rule (TokenizerSide.bos_rule)
 
 
 @dataclass
@@ -516,4 +517,4 @@ def model_card(served: ServedModel, created: int) -> dict:
     return {"id": served.name, "object": "model", "created": created, "owned_by": "logit_swarm",
             "unit": served.unit, "mode": served.mode, "weights": list(served.weights),
             "experts": list(served.expert_names), "max_logprobs": served.max_logprobs,
-            "max_model_len": served.max_model_len, "root": served.name}
+            "max_model_len": served.max_model_len, "root": served.name, "bos": list(served.expert_bos)}

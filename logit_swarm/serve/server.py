@@ -127,7 +127,7 @@ class SwarmServer:
             n_experts=len(ensemble.experts), n_units=len(self.table), weights=[float(w) for w in ensemble.weights],
             mode=ensemble.mode, max_logprobs=int(max_logprobs), max_rows=int(max_request_rows),
             expert_names=[e.name for e in ensemble.experts], max_model_len=min(windows) if windows else None,
-            usage_unit=what,
+            usage_unit=what, expert_bos=[e.bos_rule() for e in ensemble.experts],
         )
         self.tokenizer = ServedTokenizer(ensemble, self.served.max_model_len, self.chat)
         self.created = P.now()
