@@ -105,7 +105,7 @@ def test_one_expert_equals_lm_eval_hf_backend(tiny_dirs, tmp_path):
 
 @pytest.mark.xfail(strict=True, reason="byte mixture via lm-eval: generate_until answers stop earlier through the "
                    "server than Ensemble.generate (the server's room rule for byte prompts, not yet reconciled "
-                   "with the whole-prompt byte covering); strict: an unexpected pass fails, as a reminder to drop this mark")
+                   "with the whole-prompt byte covering); strict: an unexpected pass fails")
 def test_byte_mixture_equals_ensemble_logprob(tiny_dirs, experts, tmp_path):
     """Byte units, lm-eval defaults + base_url + tokenizer_backend=remote (the byte tokenizer).
 
