@@ -21,7 +21,8 @@ import pytest
 import torch
 
 import logit_swarm as ls
-from logit_swarm.align.bytes import STOP, ByteTrack, split_prompt
+from logit_swarm.align.bytes import STOP, ByteTrack
+from logit_swarm.align.prompt import split_prompt
 from logit_swarm.align.view import SPACE, ViewTrack, make_byte_track, view_text
 
 MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
