@@ -37,9 +37,13 @@ def split_prompt(expert, ids: list[int], text_is_empty: bool = False, text: str 
     k = len(ids)
     while k > 0 and 0 <= ids[k - 1] < len(tb) and tb[ids[k - 1]] is not None:
         k -= 1
-    head = list(ids[:k]) or [expert.start_id]
     if text is None and text_is_empty:
         text = ""
+    if k == 0 and ids and not _has_start(expert):
+        # An expert with neither BOS nor EOS (e.g. a plain character model) cannot condition on
+        # empty text: its first canonical token conditions instead, and the covering starts after it.
+        return [ids[0]], b"".join(tb[t] for t in ids[1:])
+    head = list(ids[:k]) or [expert.start_id]
     tail = b"".join(tb[t] for t in ids[k:])
     if text is not None:
         view = model_view(vb, text)
@@ -48,3 +52,12 @@ def split_prompt(expert, ids: list[int], text_is_empty: bool = False, text: str 
         if tail == view or (vb.dummy_prefix and b" " + tail == view):
             return head, view
     return head, tail
+
+
+def _has_start(expert) -> bool:
+    """Whether ``expert`` has a token to condition an empty text on (BOS, or EOS standing in)."""
+    try:
+        _ = expert.start_id
+    except ValueError:
+        return False
+    return True
