@@ -53,7 +53,7 @@ def main() -> None:
             e.forward_rows = 0
         ens = ls.Ensemble(list(ex.values()), byte_prune=prune)
         t = time.perf_counter()
-        ens.generate((PROMPTS * 2)[:8], max_new_tokens=64)
+        ens.generate((PROMPTS * 2)[:8], max_new_tokens=64, budget_unit="units")
         wall = time.perf_counter() - t
         rows.append({"prune": prune, "max_abs_dp_vs_brute": err, "expert_rows": sum(e.forward_rows for e in ex.values()),
                      "seconds_64_bytes_batch8": wall})

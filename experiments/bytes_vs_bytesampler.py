@@ -102,7 +102,7 @@ def unit_name(u: int) -> str:
 
 def greedy(bs_mod, experts, bcs, prompt: str, n: int) -> dict:
     ens = ls.Ensemble(experts)
-    mine = ens.generate([prompt], max_new_tokens=n, return_details=True)[0]
+    mine = ens.generate([prompt], max_new_tokens=n, budget_unit="units", return_details=True)[0]
     ours_b = bytes(u for u in mine.units if u < 256)
     theirs = bs_mod.generate_batched(bs_mod.EnsembleBytewiseSamplerFactory(bcs, mode="mix"), [prompt],
                                      max_new_bytes=n, do_sample=False)[0].encode()
@@ -124,7 +124,7 @@ def run_ours(experts, prompts, n, unit=None) -> tuple[float, float]:
     """(wall seconds, mean output bytes per row) of greedy generation of ``n`` units."""
     ens = ls.Ensemble(experts, unit=unit)
     t = time.perf_counter()
-    outs = ens.generate(prompts, max_new_tokens=n, return_details=True)
+    outs = ens.generate(prompts, max_new_tokens=n, budget_unit="units", return_details=True)
     wall = time.perf_counter() - t
     if ens.unit == "byte":
         return wall, float(np.mean([sum(1 for u in o.units if u < 256) for o in outs]))
@@ -188,10 +188,10 @@ def profile_byte_path(zoo, n_bytes: int, batch: int = 8) -> str:
     prompts = (PROMPTS * 2)[:batch]
     pr = cProfile.Profile()
     pr.enable()
-    ens.generate(prompts, max_new_tokens=n_bytes)
+    ens.generate(prompts, max_new_tokens=n_bytes, budget_unit="units")
     pr.disable()
     buf = io.StringIO()
-    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(20)
+    pstats.Stats(pr, stream=buf).strip_dirs().sort_stats("tottime").print_stats(20)
     return buf.getvalue()
 
 

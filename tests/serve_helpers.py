@@ -1,10 +1,33 @@
-"""Small HTTP helpers for the server tests: JSON calls, raw requests, SSE parsing."""
+"""Helpers for the server tests: a served ensemble, JSON calls, raw requests, SSE parsing."""
 
 from __future__ import annotations
 
 import http.client
 import json
 from urllib.parse import urlsplit
+
+import pytest
+import torch
+
+import logit_swarm as ls
+import logit_swarm.serve as serve_pkg  # make_server resolves on use: the 'serve' extra may be absent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one torch thread is faster and leaves the other core to the HTTP threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def serve_experts(dirs, names, **kw):
+    """A started server over the experts ``names`` of ``dirs`` (``weights=`` for the ensemble,
+    the rest to make_server)."""
+    experts = [ls.load_expert(dirs[n]) for n in names]
+    weights = kw.pop("weights", None)
+    return serve_pkg.make_server(ls.Ensemble(experts, weights=weights), port=0, **kw).start()
 
 
 def call(server, method: str, path: str, body=None, headers: dict | None = None, raw: bytes | None = None,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from serve_helpers import call, post, sse_events
+from serve_helpers import call, one_thread, post, serve_experts, sse_events  # noqa: F401 (fixture)
 
 import logit_swarm as ls
 from logit_swarm.mixing import mix_reference
@@ -27,19 +27,6 @@ BYTE_W = [0.5, 0.5]
 KEY = "sekret"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is faster and leaves the other core to the HTTP threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _serve(dirs, names, **kw):
-    experts = [ls.load_expert(dirs[n]) for n in names]
-    weights = kw.pop("weights", None)
-    return make_server(ls.Ensemble(experts, weights=weights), port=0, **kw).start()
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +47,7 @@ def tok_dirs(tiny_dirs, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tok(tok_dirs):
     """Token units: two experts over one tokenizer with a chat template."""
-    s = _serve(tok_dirs, ["mistral_bl2", "llama_bl2"], weights=TOK_W, model_name="tok", batch_window_ms=40)
+    s = serve_experts(tok_dirs, ["mistral_bl2", "llama_bl2"], weights=TOK_W, model_name="tok", batch_window_ms=40)
     yield s
     s.shutdown()
 
@@ -68,7 +55,7 @@ def tok(tok_dirs):
 @pytest.fixture(scope="module")
 def byte(tiny_dirs):
     """Byte units: two experts with different tokenizers, both with chat templates."""
-    s = _serve(tiny_dirs, ["mistral_bl2", "llama_sp"], weights=BYTE_W, model_name="byte")
+    s = serve_experts(tiny_dirs, ["mistral_bl2", "llama_sp"], weights=BYTE_W, model_name="byte")
     yield s
     s.shutdown()
 
@@ -76,7 +63,7 @@ def byte(tiny_dirs):
 @pytest.fixture(scope="module")
 def single(tiny_dirs):
     """One expert without a chat template, behind an API key, no logprobs cap."""
-    s = _serve(tiny_dirs, ["gpt2_a"], model_name="gpt2_a", api_key=KEY, max_logprobs=-1)
+    s = serve_experts(tiny_dirs, ["gpt2_a"], model_name="gpt2_a", api_key=KEY, max_logprobs=-1)
     yield s
     s.shutdown()
 
@@ -560,7 +547,7 @@ def test_tokenizer_endpoint(single, tok, tmp_path):
 
 
 def test_shutdown_answers_requests_in_flight(tiny_dirs):
-    s = _serve(tiny_dirs, ["gpt2_a"], batch_window_ms=0)
+    s = serve_experts(tiny_dirs, ["gpt2_a"], batch_window_ms=0)
     out = {}
 
     def slow():

@@ -12,28 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from serve_helpers import call, post, sse_events
+from serve_helpers import call, one_thread, post, serve_experts, sse_events  # noqa: F401 (fixture)
 
 import logit_swarm as ls
 
 pytest.importorskip("fastapi", reason="the server needs the 'serve' extra (fastapi, uvicorn, prometheus-client)")
 from logit_swarm.serve import make_server  # noqa: E402
 from logit_swarm.serve import schema as S  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _serve(dirs, names, **kw):
-    experts = [ls.load_expert(dirs[n]) for n in names]
-    return make_server(ls.Ensemble(experts, weights=kw.pop("weights", None)), port=0, **kw).start()
-
 
 STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "stories260K"
 
@@ -51,14 +36,14 @@ def sp():
 @pytest.fixture(scope="module")
 def pair(tiny_dirs):
     """Two experts over one byte-level tokenizer (token units), small batches."""
-    s = _serve(tiny_dirs, ["gpt2_a", "gpt2_b"], model_name="pair", weights=[0.7, 0.3], max_batch_rows=8)
+    s = serve_experts(tiny_dirs, ["gpt2_a", "gpt2_b"], model_name="pair", weights=[0.7, 0.3], max_batch_rows=8)
     yield s
     s.shutdown()
 
 
 @pytest.fixture(scope="module")
 def bytes_srv(tiny_dirs):
-    s = _serve(tiny_dirs, ["gpt2_a", "llama_sp"], model_name="mix")
+    s = serve_experts(tiny_dirs, ["gpt2_a", "llama_sp"], model_name="mix")
     yield s
     s.shutdown()
 
@@ -227,7 +212,7 @@ def test_client_that_hangs_up_is_cancelled(pair):
 
 
 def test_full_queue_is_429(tiny_dirs):
-    s = _serve(tiny_dirs, ["gpt2_a"], model_name="q", max_batch_rows=1, max_queue=1)
+    s = serve_experts(tiny_dirs, ["gpt2_a"], model_name="q", max_batch_rows=1, max_queue=1)
     try:
         sock = _stream_until_first(s, {"prompt": "Once", "max_tokens": 300, "temperature": 1.0, "seed": 3})
         res = {}
@@ -247,7 +232,7 @@ def test_full_queue_is_429(tiny_dirs):
 
 @pytest.mark.parametrize("policy", ["static", "sequential"])
 def test_other_policies_answer_the_same(tiny_dirs, pair, policy):
-    s = _serve(tiny_dirs, ["gpt2_a", "gpt2_b"], weights=[0.7, 0.3], batching=policy, model_name="pair")
+    s = serve_experts(tiny_dirs, ["gpt2_a", "gpt2_b"], weights=[0.7, 0.3], batching=policy, model_name="pair")
     try:
         req = {"prompt": ["Hello", "Once"], "max_tokens": 5, "temperature": 0.7, "seed": 9, "n": 2, "logprobs": 1}
         a, b = post(s, "/completions", req)[1], post(pair, "/completions", req)[1]

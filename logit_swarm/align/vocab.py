@@ -53,8 +53,9 @@ _STOP_NAMES = {
 
 
 @lru_cache(maxsize=1)
-def _unicode_to_byte() -> dict[str, int]:
-    """Inverse of GPT-2's ``bytes_to_unicode`` table (printable stand-ins for all 256 bytes)."""
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's ``bytes_to_unicode`` table: the printable stand-in of every byte (what the
+    ByteLevel pre-tokenizer and decoder use)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
     cs = bs[:]
     n = 0
@@ -63,7 +64,13 @@ def _unicode_to_byte() -> dict[str, int]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+@lru_cache(maxsize=1)
+def _unicode_to_byte() -> dict[str, int]:
+    """Inverse of :func:`byte_to_unicode`."""
+    return {c: b for b, c in byte_to_unicode().items()}
 
 
 def _backend_json(tokenizer) -> dict:

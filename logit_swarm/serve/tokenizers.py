@@ -18,6 +18,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from ..align.vocab import byte_to_unicode
 from .protocol import STOP_ID, STOP_STRING, ApiError
 
 #: Tokenizer files sent by ``GET /v1/models/{model}/tokenizer`` (text files only).
@@ -25,22 +26,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's printable stand-in of every byte (what the ByteLevel pre-tokenizer uses)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
-
-
 def byte_tokenizer_files(context_window: int | None) -> dict[str, str]:
     """``tokenizer.json`` + ``tokenizer_config.json`` of the byte tokenizer (ids = byte values)."""
-    vocab = {ch: b for b, ch in _bytes_to_unicode().items()}
+    vocab = {ch: b for b, ch in byte_to_unicode().items()}
     tok = {
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": [{"id": STOP_ID, "content": STOP_STRING, "single_word": False, "lstrip": False,
